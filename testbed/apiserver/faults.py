@@ -1,0 +1,56 @@
+"""Fault injection: the failures a real control plane produces, on demand from tests."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import ApiError
+
+_REASONS = {
+    409: ("Conflict", "Operation cannot be fulfilled: the object has been modified; please apply "
+                      "your changes to the latest version and try again"),
+    429: ("TooManyRequests", "Too many requests, please try again later."),
+    500: ("InternalError", "Internal error occurred: injected fault"),
+    503: ("ServiceUnavailable", "The server is currently unable to handle the request"),
+    504: ("Timeout", "The server was unable to return a response in the time allotted"),
+}
+
+
+@dataclass
+class Rule:
+    remaining: int
+    code: int
+    path: re.Pattern[str] | None = None
+    method: str | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and (
+            self.path is None or self.path.search(path) is not None)
+
+
+@dataclass
+class Faults:
+    rules: list[Rule] = field(default_factory=list)
+    injected: int = 0
+
+    def fail_next(self, n: int, code: int = 500, path: str | None = None,
+                  method: str | None = None) -> None:
+        """Fail the next `n` requests (matching `path` regex and `method`, if given) with `code`."""
+        if code not in _REASONS:
+            raise ValueError(f"unsupported fault code {code}; use one of {sorted(_REASONS)}")
+        self.rules.append(Rule(n, code, re.compile(path) if path else None,
+                               method.upper() if method else None))
+
+    def clear(self) -> None:
+        self.rules.clear()
+
+    def check(self, method: str, path: str) -> None:
+        for rule in self.rules:
+            if rule.remaining > 0 and rule.matches(method, path):
+                rule.remaining -= 1
+                self.injected += 1
+                reason, message = _REASONS[rule.code]
+                raise ApiError(rule.code, reason, message,
+                               retry_after=1 if rule.code in (429, 503) else None)
+        self.rules = [r for r in self.rules if r.remaining > 0]

@@ -1,0 +1,724 @@
+"""The HTTP face of the emulated API: routing, content negotiation, watch streaming, faults.
+
+Everything here speaks the wire protocol of kube-apiserver (paths, query parameters, media types,
+Status bodies, chunked watch streams) so unmodified clients (kubernetes_asyncio, kubectl) work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from . import discovery, errors, fieldmanager, openapi
+from .errors import ApiError
+from .faults import Faults
+from .gc import ClusterControllers
+from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
+from .registry import Registry, now_rfc3339
+from .resources import ResourceType
+from .selectors import (
+    SelectorError,
+    label_selector_string,
+    parse_field_selector,
+    parse_label_selector,
+)
+from .store import Obj, TooOld, WatchFilter, Watcher
+from .table import to_table
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+PATCH_TYPES = {
+    "application/json-patch+json": "json",
+    "application/merge-patch+json": "merge",
+    "application/strategic-merge-patch+json": "strategic",
+    "application/apply-patch+yaml": "apply",
+}
+
+
+@dataclass
+class Route:
+    group: str
+    version: str
+    namespace: str | None
+    plural: str
+    name: str | None
+    sub: str | None
+
+
+def parse_path(path: str) -> Route | None:
+    segs = [s for s in path.split("/") if s]
+    if len(segs) >= 2 and segs[0] == "api":
+        group, version, rest = "", segs[1], segs[2:]
+    elif len(segs) >= 3 and segs[0] == "apis":
+        group, version, rest = segs[1], segs[2], segs[3:]
+    else:
+        return None
+    if not rest:
+        return None
+    if (rest[0] == "namespaces" and len(rest) >= 3
+            and not (len(rest) == 3 and group == "" and rest[2] in ("status", "finalize"))):
+        ns, rest = rest[1], rest[2:]
+    else:
+        ns = None
+    if len(rest) > 3:
+        return None
+    return Route(group, version, ns, rest[0], rest[1] if len(rest) > 1 else None,
+                 rest[2] if len(rest) > 2 else None)
+
+
+def _status_ok(rt: ResourceType, name: str, uid: str) -> dict[str, Any]:
+    details: dict[str, Any] = {"name": name, "kind": rt.plural, "uid": uid}
+    if rt.group:
+        details["group"] = rt.group
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "details": details}
+
+
+def _dig(obj: Any, path: str) -> Any:
+    for part in [p for p in path.split(".") if p]:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def _set(obj: dict[str, Any], path: str, value: Any) -> None:
+    parts = [p for p in path.split(".") if p]
+    for part in parts[:-1]:
+        obj = obj.setdefault(part, {})
+    obj[parts[-1]] = value
+
+
+class ApiServer:
+    """One emulated cluster's API server, listening on loopback over plain HTTP."""
+
+    def __init__(self, name: str = "cluster", *, host: str = "127.0.0.1", port: int = 0,
+                 bookmark_interval: float = 5.0, history: int = 20_000,
+                 gc_delay: float = 0.02) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.registry = Registry()
+        self.registry.store._history_max = history
+        self.store = self.registry.store
+        self.faults = Faults()
+        self.controllers = ClusterControllers(self.registry, delay=gc_delay)
+        self.bookmark_interval = bookmark_interval
+        self.requests: Counter[str] = Counter()
+        self.down = False
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._streams: set[web.StreamResponse] = set()
+        self._openapi_cache: dict[str, object] = {}
+
+    # -- life cycle ------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None,
+                                     shutdown_timeout=0.5)
+        await self._runner.setup()
+        await self._listen()
+        self.controllers.start()
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True,
+                                 shutdown_timeout=0.5)
+        await self._site.start()
+        if not self.port:
+            server = self._site._server
+            assert server is not None
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        await self.controllers.stop()
+        self.store.close_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def go_down(self) -> None:
+        """Become unreachable: stop listening and drop every open connection."""
+        self.down = True
+        self.store.close_watches()
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        if self._runner is not None and self._runner.server is not None:
+            for conn in list(self._runner.server.connections):
+                if conn.transport is not None:
+                    conn.transport.close()
+
+    async def come_up(self) -> None:
+        if self._site is None:
+            await self._listen()
+        self.down = False
+
+    def cut_watches(self) -> int:
+        return self.store.close_watches()
+
+    def load_crds(self, paths: list[Path]) -> int:
+        """Register CRDs from YAML files (each may hold several documents)."""
+        crd_rt = self.registry.type_for("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        n = 0
+        for path in paths:
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    self.registry.create(crd_rt, None, doc, manager="testbed")
+                    n += 1
+        return n
+
+    # -- dispatch --------------------------------------------------------------------------
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        self.requests[request.method] += 1
+        try:
+            if path.startswith("/testbed/"):
+                return await self._control(request)
+            self.faults.check(request.method, path)
+            resp = self._discovery(request, path)
+            if resp is not None:
+                return resp
+            route = parse_path(path)
+            if route is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return await self._resource(request, route)
+        except ApiError as e:
+            headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+            return web.json_response(e.status(), status=e.code, headers=headers)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # answer as kube-apiserver does, and keep serving
+            log.exception("internal error on %s %s", request.method, path)
+            return web.json_response(ApiError(500, "InternalError",
+                                              f"Internal error occurred: {e}").status(), status=500)
+
+    def _discovery(self, request: web.Request, path: str) -> web.Response | None:
+        p = path.rstrip("/") or "/"
+        types = self.registry.types()
+        if p == "/version":
+            return web.json_response(discovery.KUBE_VERSION)
+        if p in ("/healthz", "/livez", "/readyz"):
+            return web.Response(text="ok")
+        if p == "/api":
+            return web.json_response(discovery.api_versions(f"{self.host}:{self.port}"))
+        if p == "/api/v1":
+            return web.json_response(discovery.resource_list(types, "", "v1"))
+        if p == "/apis":
+            return web.json_response(discovery.api_group_list(types))
+        segs = p.split("/")[1:]
+        if segs[0] == "apis" and len(segs) == 2:
+            group = discovery.api_group(types, segs[1])
+            if group is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return web.json_response(group)
+        if segs[0] == "apis" and len(segs) == 3:
+            doc = discovery.resource_list(types, segs[1], segs[2])
+            if not doc["resources"] and segs[2] not in discovery.group_versions(types).get(
+                    segs[1], []):
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return web.json_response(doc)
+        if p.startswith("/openapi/v3"):
+            return self._openapi(p)
+        return None
+
+    def _openapi(self, p: str) -> web.Response:
+        version = self.registry.types_version
+        if self._openapi_cache.get("version") != version:
+            self._openapi_cache = {"version": version}
+        cache = self._openapi_cache
+        key = p.removeprefix("/openapi/v3").strip("/")
+        if key not in cache:
+            doc = (openapi.root_document(self.registry.types()) if not key
+                   else openapi.gv_document(self.registry.types(), key))
+            if doc is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            cache[key] = json.dumps(doc)
+        return web.Response(text=str(cache[key]), content_type=JSON)
+
+    # -- fault control ---------------------------------------------------------------------
+    async def _control(self, request: web.Request) -> web.Response:
+        if request.path == "/testbed/stats":
+            return web.json_response({"requests": dict(self.requests), "rv": self.store.rv,
+                                      "watchers": self.store.watcher_count,
+                                      "faultsInjected": self.faults.injected})
+        if request.path != "/testbed/faults" or request.method != "POST":
+            raise ApiError(404, "NotFound", "unknown testbed control endpoint")
+        body = await request.json()
+        action = body.get("action")
+        if action == "fail":
+            self.faults.fail_next(int(body.get("count", 1)), int(body.get("code", 500)),
+                                  body.get("path"), body.get("method"))
+        elif action == "clear":
+            self.faults.clear()
+        elif action == "cut-watches":
+            return web.json_response({"cut": self.cut_watches()})
+        elif action == "compact":
+            self.store.compact()
+        else:
+            raise errors.bad_request(
+                "action must be one of: fail, clear, cut-watches, compact")
+        return web.json_response({"ok": True})
+
+    # -- resources -------------------------------------------------------------------------
+    async def _resource(self, request: web.Request, r: Route) -> web.StreamResponse:
+        rt = self.registry.type_for(r.group, r.version, r.plural)
+        if r.namespace is not None and not rt.namespaced:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if rt.namespaced and r.namespace is None and r.name is not None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if r.sub is not None and r.sub not in self._subresources(rt):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        q = request.query
+        m = request.method
+        if r.name is None:
+            if m == "GET":
+                if q.get("watch", "").lower() in ("true", "1"):
+                    return await self._watch(request, rt, r)
+                return self._list(request, rt, r)
+            if m == "POST":
+                return await self._create(request, rt, r)
+            if m == "DELETE":
+                return await self._delete_collection(request, rt, r)
+            raise errors.method_not_allowed()
+        if r.sub == "scale":
+            return await self._scale(request, rt, r)
+        if m == "GET":
+            obj = self.registry.get(rt, r.namespace, r.name, r.version)
+            return self._respond(request, rt, r.version, obj)
+        if m == "PUT":
+            body = await self._body(request)
+            obj = self.registry.update(rt, r.namespace, r.name, body,
+                                       subresource=self._sub(r), manager=self._manager(request),
+                                       version=r.version, dry_run=self._dry(request))
+            return self._respond(request, rt, r.version, obj)
+        if m == "PATCH":
+            return await self._patch(request, rt, r)
+        if m == "DELETE":
+            return await self._delete(request, rt, r)
+        raise errors.method_not_allowed()
+
+    @staticmethod
+    def _subresources(rt: ResourceType) -> set[str]:
+        subs = set()
+        if rt.status:
+            subs.add("status")
+        if rt.scale:
+            subs.add("scale")
+        if rt.kind == "Namespace":
+            subs.add("finalize")
+        return subs
+
+    @staticmethod
+    def _sub(r: Route) -> str | None:
+        return "status" if r.sub == "status" else None
+
+    @staticmethod
+    def _dry(request: web.Request) -> bool:
+        return "All" in request.query.getall("dryRun", [])
+
+    @staticmethod
+    def _manager(request: web.Request) -> str:
+        fm = request.query.get("fieldManager")
+        if fm:
+            return fm
+        ua = request.headers.get("User-Agent", "unknown")
+        return ua.split("/")[0][:128] or "unknown"
+
+    async def _body(self, request: web.Request, yaml_ok: bool = False) -> Any:
+        ctype = request.content_type
+        raw = await request.read()
+        if not raw:
+            raise errors.bad_request("the body of the request was empty")
+        if ctype == "application/vnd.kubernetes.protobuf":
+            # kubectl's typed subcommands (create namespace/configmap/secret...) send protobuf.
+            from .protobuf import ProtobufError, decode
+
+            try:
+                return decode(raw)
+            except ProtobufError as e:
+                raise ApiError(415, "UnsupportedMediaType", str(e)) from e
+        try:
+            if yaml_ok:
+                return yaml.safe_load(raw)
+            return json.loads(raw)
+        except (ValueError, yaml.YAMLError) as e:
+            raise errors.bad_request(f"the body of the request could not be decoded: {e}") from e
+
+    def _respond(self, request: web.Request, rt: ResourceType, version: str, obj: Obj,
+                 status: int = 200) -> web.Response:
+        if "as=Table" in request.headers.get("Accept", ""):
+            table = to_table(rt, version, [obj], request.query.get("includeObject", "Metadata"),
+                             {"resourceVersion": obj["metadata"].get("resourceVersion", "")})
+            return web.json_response(table, status=status)
+        return web.json_response(obj, status=status)
+
+    # -- list / watch ----------------------------------------------------------------------
+    def _selectors(self, request: web.Request, rt: ResourceType, r: Route) -> WatchFilter:
+        try:
+            labels = parse_label_selector(request.query.get("labelSelector"))
+            fields = parse_field_selector(request.query.get("fieldSelector"), rt.field_labels)
+        except SelectorError as e:
+            raise errors.bad_request(str(e)) from e
+        return WatchFilter(rt.key, r.namespace, labels, fields)
+
+    def _list(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
+        flt = self._selectors(request, rt, r)
+        q = request.query
+        limit = int(q.get("limit") or 0)
+        start_after: tuple[str, str] | None = None
+        if q.get("continue"):
+            try:
+                token = json.loads(base64.urlsafe_b64decode(q["continue"].encode()))
+                start_after = (token["ns"], token["name"])
+                if token["rv"] < self.store._floor:
+                    raise ApiError(410, "Expired", "The provided continue parameter is too old "
+                                   "to display a consistent list result. You can start a new "
+                                   "list without the continue parameter.")
+            except (ValueError, KeyError, TypeError) as e:
+                raise errors.bad_request(f"continue key is not valid: {e}") from e
+        items: list[Obj] = []
+        more = 0
+        last: tuple[str, str] | None = None
+        for obj in self.store.items(rt.key, r.namespace):
+            meta = obj["metadata"]
+            key = (meta.get("namespace", ""), meta["name"])
+            if start_after is not None and key <= start_after:
+                continue
+            if not flt.matches(obj):
+                continue
+            if limit and len(items) >= limit:
+                more += 1
+                continue
+            items.append(obj)
+            last = key
+        list_meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
+        if more and last is not None:
+            list_meta["continue"] = base64.urlsafe_b64encode(json.dumps(
+                {"rv": self.store.rv, "ns": last[0], "name": last[1]}).encode()).decode()
+            list_meta["remainingItemCount"] = more
+        served = [self._serve(rt, o, r.version) for o in items]
+        if "as=Table" in request.headers.get("Accept", ""):
+            return web.json_response(to_table(rt, r.version, served,
+                                              q.get("includeObject", "Metadata"), list_meta))
+        return web.json_response({"kind": f"{rt.kind}List", "apiVersion": rt.api_version(
+            r.version), "metadata": list_meta, "items": served})
+
+    @staticmethod
+    def _serve(rt: ResourceType, obj: Obj, version: str) -> Obj:
+        out = copy.deepcopy(obj)
+        out["apiVersion"] = rt.api_version(version)
+        out["kind"] = rt.kind
+        return out
+
+    async def _watch(self, request: web.Request, rt: ResourceType,
+                     r: Route) -> web.StreamResponse:
+        flt = self._selectors(request, rt, r)
+        q = request.query
+        rv = q.get("resourceVersion", "")
+        initial = q.get("sendInitialEvents", "").lower() == "true"
+        since: int | None
+        if rv in ("", "0") or initial:
+            since = None
+        else:
+            try:
+                since = int(rv)
+            except ValueError as e:
+                raise errors.bad_request(f"invalid resource version: {rv}") from e
+        table = "as=Table" in request.headers.get("Accept", "")
+        resp = web.StreamResponse(headers={"Content-Type": JSON,
+                                           "Cache-Control": "no-cache, private"})
+        timeout = float(q.get("timeoutSeconds") or random.uniform(1800, 3600))
+        bookmarks = q.get("allowWatchBookmarks", "").lower() in ("true", "1")
+        try:
+            watcher, backlog = self.store.watch(flt, since)
+        except TooOld as e:
+            await resp.prepare(request)
+            err = ApiError(410, "Expired", str(e)).status()
+            await resp.write(json.dumps({"type": "ERROR", "object": err}).encode() + b"\n")
+            await resp.write_eof()
+            return resp
+        # Snapshot before any await so no event can slip between the state and the stream.
+        snapshot = ([self._serve(rt, o, r.version) for o in self.store.items(rt.key, r.namespace)
+                     if flt.matches(o)] if since is None else [])
+        start_rv = self.store.rv
+        for ev in backlog:
+            watcher.offer(ev)
+        self._streams.add(resp)
+        try:
+            await resp.prepare(request)
+            for obj in snapshot:
+                await self._send(resp, rt, r.version, "ADDED", obj, table, request)
+            if initial and bookmarks:
+                mark = {"kind": rt.kind, "apiVersion": rt.api_version(r.version),
+                        "metadata": {"resourceVersion": str(start_rv), "annotations": {
+                            "k8s.io/initial-events-end": "true"}}}
+                await resp.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode()
+                                 + b"\n")
+            await self._pump(resp, rt, r.version, watcher, timeout, bookmarks, table, request)
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            self.store.unwatch(watcher)
+            self._streams.discard(resp)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await resp.write_eof()
+        return resp
+
+    async def _pump(self, resp: web.StreamResponse, rt: ResourceType, version: str,
+                    watcher: Watcher, timeout: float, bookmarks: bool, table: bool,
+                    request: web.Request) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            wait = min(left, self.bookmark_interval) if bookmarks else left
+            try:
+                item = await asyncio.wait_for(watcher.queue.get(), wait)
+            except TimeoutError:
+                if bookmarks and loop.time() < deadline:
+                    mark = {"kind": rt.kind, "apiVersion": rt.api_version(version),
+                            "metadata": {"resourceVersion": str(self.store.rv)}}
+                    await resp.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode()
+                                     + b"\n")
+                continue
+            if item is None:
+                return
+            etype, obj = item
+            await self._send(resp, rt, version, etype, self._serve(rt, obj, version), table,
+                             request)
+
+    async def _send(self, resp: web.StreamResponse, rt: ResourceType, version: str, etype: str,
+                    obj: Obj, table: bool, request: web.Request) -> None:
+        payload: Obj = obj
+        if table:
+            payload = to_table(rt, version, [obj], request.query.get("includeObject", "Object"),
+                               {"resourceVersion": obj["metadata"].get("resourceVersion", "")})
+        await resp.write(json.dumps({"type": etype, "object": payload}).encode() + b"\n")
+
+    # -- writes ----------------------------------------------------------------------------
+    async def _create(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
+        body = await self._body(request)
+        if isinstance(body, dict):
+            self._strict_fields(request, rt, r.version, body)
+        obj = self.registry.create(rt, r.namespace, body, manager=self._manager(request),
+                                   version=r.version, dry_run=self._dry(request))
+        return self._respond(request, rt, r.version, obj, status=201)
+
+    def _strict_fields(self, request: web.Request, rt: ResourceType, version: str,
+                       body: Obj) -> None:
+        """fieldValidation=Strict: unknown fields are an error instead of being pruned."""
+        mode = request.query.get("fieldValidation", "")
+        if mode not in ("Strict", "Warn") or not rt.custom or version not in rt.schemas:
+            return
+        from . import schema
+
+        pruned = schema.prune(copy.deepcopy(body), rt.schemas[version])
+        if pruned and mode == "Strict":
+            unknown = ", ".join(f'unknown field "{p}"' for p in pruned)
+            raise errors.bad_request(f"{rt.kind} in version \"{version}\" cannot be handled as "
+                                     f"a {rt.kind}: strict decoding error: {unknown}")
+
+    async def _patch(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
+        ctype = request.content_type
+        kind = PATCH_TYPES.get(ctype)
+        if kind is None or (kind == "strategic" and rt.custom):
+            raise errors.unsupported_media_type(ctype)
+        assert r.name is not None
+        body = await self._body(request, yaml_ok=kind == "apply")
+        manager = self._manager(request)
+        dry = self._dry(request)
+        if kind == "apply":
+            return self._apply(request, rt, r, body, dry)
+        live = self.registry.get(rt, r.namespace, r.name, r.version)
+        try:
+            if kind == "json":
+                patched = apply_json_patch(live, body)
+            elif kind == "merge":
+                patched = apply_merge_patch(live, body)
+            else:
+                patched = apply_strategic_merge_patch(live, body,
+                                                      self.registry.lists_for(rt, r.version))
+        except PatchError as e:
+            raise ApiError(e.code, e.reason, e.message) from e
+        # A patch applies to the version it was read at unless it names one itself.
+        precondition = live["metadata"]["resourceVersion"]
+        if not isinstance(patched.get("metadata"), dict):
+            raise errors.bad_request("metadata must be an object")
+        if patched["metadata"].get("resourceVersion") == precondition:
+            patched["metadata"].pop("resourceVersion")
+        obj = self.registry.update(rt, r.namespace, r.name, patched, subresource=self._sub(r),
+                                   manager=manager, version=r.version, dry_run=dry,
+                                   precondition_rv=precondition)
+        return self._respond(request, rt, r.version, obj)
+
+    def _apply(self, request: web.Request, rt: ResourceType, r: Route, body: Any,
+               dry: bool) -> web.Response:
+        assert r.name is not None
+        manager = request.query.get("fieldManager")
+        if not manager:
+            raise errors.bad_request("PATCH, application/apply-patch+yaml requires a "
+                                     "fieldManager query parameter")
+        if not isinstance(body, dict):
+            raise errors.bad_request("the body of an apply patch must be a YAML or JSON object")
+        force = request.query.get("force", "").lower() in ("true", "1")
+        existing = self.store.peek(rt.key, (r.namespace or "", r.name))
+        live = self.registry.get(rt, r.namespace, r.name, r.version) if existing else None
+        config = copy.deepcopy(body)
+        meta = config.setdefault("metadata", {})
+        if meta.get("name") not in (None, r.name):
+            raise errors.bad_request(f"the name of the object ({meta['name']}) does not match "
+                                     f"the name on the URL ({r.name})")
+        meta["name"] = r.name
+        if rt.namespaced:
+            meta["namespace"] = r.namespace
+        config.setdefault("apiVersion", rt.api_version(r.version))
+        config.setdefault("kind", rt.kind)
+        self._strict_fields(request, rt, r.version, config)
+        managed = list((live or {}).get("metadata", {}).get("managedFields") or [])
+        try:
+            merged, new_managed = fieldmanager.server_side_apply(
+                live, config, managed, manager=manager, force=force,
+                api_version=rt.api_version(r.version), subresource=self._sub(r),
+                lists=self.registry.lists_for(rt, r.version),
+                now=now_rfc3339())
+        except fieldmanager.ApplyConflict as e:
+            raise ApiError(409, "Conflict", str(e), {"causes": [
+                {"reason": "FieldManagerConflict", "message": f'conflict with "{mgr}"',
+                 "field": path} for mgr, path in e.conflicts]}) from e
+        if live is None:
+            if r.sub is not None:
+                raise errors.not_found(rt.group, rt.plural, r.name)
+            obj = self.registry.create(rt, r.namespace, merged, manager=manager,
+                                       version=r.version, dry_run=dry,
+                                       managed_fields=new_managed)
+            return self._respond(request, rt, r.version, obj, status=201)
+        merged["metadata"].pop("resourceVersion", None)
+        obj = self.registry.update(rt, r.namespace, r.name, merged, subresource=self._sub(r),
+                                   manager=manager, version=r.version, dry_run=dry,
+                                   precondition_rv=live["metadata"]["resourceVersion"],
+                                   managed_fields=new_managed)
+        return self._respond(request, rt, r.version, obj)
+
+    async def _delete_options(self, request: web.Request) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if request.can_read_body:
+            raw = await request.read()
+            if raw.strip():
+                try:
+                    opts = json.loads(raw)
+                except ValueError as e:
+                    raise errors.bad_request(f"invalid DeleteOptions: {e}") from e
+        if request.query.get("propagationPolicy"):
+            opts["propagationPolicy"] = request.query["propagationPolicy"]
+        if opts.get("orphanDependents") is True and "propagationPolicy" not in opts:
+            opts["propagationPolicy"] = "Orphan"
+        if "All" in request.query.getall("dryRun", []) or "All" in (opts.get("dryRun") or []):
+            opts["dryRun"] = ["All"]
+        return opts
+
+    async def _delete(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
+        assert r.name is not None
+        opts = await self._delete_options(request)
+        obj, gone = self.registry.delete(rt, r.namespace, r.name,
+                                         propagation=opts.get("propagationPolicy"),
+                                         preconditions=opts.get("preconditions"),
+                                         dry_run=bool(opts.get("dryRun")), version=r.version)
+        if gone and not rt.custom and rt.kind not in ("Pod", "Namespace", "Deployment",
+                                                      "DaemonSet", "StatefulSet", "ReplicaSet",
+                                                      "Job", "Service"):
+            return web.json_response(_status_ok(rt, r.name, obj["metadata"]["uid"]))
+        return web.json_response(obj, status=200)
+
+    async def _delete_collection(self, request: web.Request, rt: ResourceType,
+                                 r: Route) -> web.Response:
+        flt = self._selectors(request, rt, r)
+        opts = await self._delete_options(request)
+        deleted = []
+        for obj in list(self.store.items(rt.key, r.namespace)):
+            if flt.matches(obj):
+                out, _ = self.registry.delete(rt, obj["metadata"].get("namespace"),
+                                              obj["metadata"]["name"],
+                                              propagation=opts.get("propagationPolicy"),
+                                              dry_run=bool(opts.get("dryRun")),
+                                              version=r.version)
+                deleted.append(out)
+        return web.json_response({"kind": f"{rt.kind}List", "apiVersion": rt.api_version(
+            r.version), "metadata": {"resourceVersion": str(self.store.rv)}, "items": deleted})
+
+    # -- scale -----------------------------------------------------------------------------
+    def _to_scale(self, rt: ResourceType, obj: Obj) -> Obj:
+        assert rt.scale is not None
+        meta = obj["metadata"]
+        status: dict[str, Any] = {"replicas": _dig(obj, rt.scale["statusReplicasPath"]) or 0}
+        sel_path = rt.scale.get("labelSelectorPath")
+        if sel_path:
+            sel = _dig(obj, sel_path)
+            if sel is None and not rt.custom:
+                sel = label_selector_string(_dig(obj, ".spec.selector"))
+            if sel:
+                status["selector"] = sel
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
+                                                  "creationTimestamp") if k in meta},
+                "spec": {"replicas": _dig(obj, rt.scale["specReplicasPath"]) or 0},
+                "status": status}
+
+    async def _scale(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
+        assert r.name is not None and rt.scale is not None
+        live = self.registry.get(rt, r.namespace, r.name, r.version)
+        scale = self._to_scale(rt, live)
+        if request.method == "GET":
+            return web.json_response(scale)
+        if request.method == "PUT":
+            new_scale = await self._body(request)
+        elif request.method == "PATCH":
+            kind = PATCH_TYPES.get(request.content_type)
+            body = await self._body(request, yaml_ok=kind == "apply")
+            try:
+                if kind == "json":
+                    new_scale = apply_json_patch(scale, body)
+                elif kind in ("merge", "strategic", "apply"):
+                    new_scale = apply_merge_patch(scale, body)
+                else:
+                    raise errors.unsupported_media_type(request.content_type)
+            except PatchError as e:
+                raise ApiError(e.code, e.reason, e.message) from e
+        else:
+            raise errors.method_not_allowed()
+        replicas = (new_scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise errors.invalid("Scale.autoscaling", "autoscaling", "Scale", r.name, [{
+                "reason": "FieldValueInvalid", "field": "spec.replicas",
+                "message": f"Invalid value: {json.dumps(replicas)}: must be greater than or "
+                           "equal to 0"}])
+        want_rv = (new_scale.get("metadata") or {}).get("resourceVersion")
+        new = copy.deepcopy(live)
+        _set(new, rt.scale["specReplicasPath"], replicas)
+        obj = self.registry.update(rt, r.namespace, r.name, new, manager=self._manager(request),
+                                   version=r.version, dry_run=self._dry(request),
+                                   precondition_rv=want_rv or live["metadata"]["resourceVersion"])
+        return web.json_response(self._to_scale(rt, obj))

@@ -1,0 +1,85 @@
+"""The whole local environment in one object: management and workload APIs, simulated CAPI, NATS.
+
+The CLI, the tests and (later) the demo all build it the same way, so what the demo shows is what
+the tests prove.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from types import TracebackType
+
+from .apiserver import ApiServer
+from .capi import CapiSimulator, SimConfig
+from .crds import crd_files
+from .kubeconfig import write_kubeconfig
+from .natsd import NatsServer
+
+
+class Testbed:
+    def __init__(self, state_dir: Path, *, sim: SimConfig | None = None, nats: bool = True,
+                 management_port: int = 0, workload_port: int = 0) -> None:
+        self.state_dir = state_dir
+        self.management = ApiServer("management", port=management_port)
+        self.workload = ApiServer("workload", port=workload_port)
+        self.nats = NatsServer(state_dir / "nats") if nats else None
+        cfg = sim or SimConfig()
+        self.management_capi = CapiSimulator(
+            self.management.registry, config=cfg,
+            workload_server=lambda ns, name: self.workload.url)
+        self.workload_capi = CapiSimulator(
+            self.workload.registry, config=cfg,
+            workload_server=lambda ns, name: self.workload.url)
+
+    @property
+    def management_kubeconfig(self) -> Path:
+        return self.state_dir / "management.kubeconfig"
+
+    @property
+    def workload_kubeconfig(self) -> Path:
+        return self.state_dir / "workload.kubeconfig"
+
+    @property
+    def nats_url_file(self) -> Path:
+        return self.state_dir / "nats.url"
+
+    async def start(self) -> None:
+        """Bring everything up; the files are written last, so their presence means ready."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for f in (self.management_kubeconfig, self.workload_kubeconfig, self.nats_url_file):
+            f.unlink(missing_ok=True)
+        await self.management.start()
+        self.management.load_crds(crd_files())
+        await self.workload.start()
+        self.management_capi.start()
+        self.workload_capi.start()
+        if self.nats is not None:
+            await self.nats.start()
+        write_kubeconfig(self.management_kubeconfig, "management", self.management.url)
+        write_kubeconfig(self.workload_kubeconfig, "workload", self.workload.url)
+        if self.nats is not None:
+            tmp = self.nats_url_file.with_suffix(".tmp")
+            tmp.write_text(self.nats.url + "\n")
+            os.replace(tmp, self.nats_url_file)
+
+    async def stop(self) -> None:
+        for f in (self.management_kubeconfig, self.workload_kubeconfig, self.nats_url_file):
+            f.unlink(missing_ok=True)
+        await self.management_capi.stop()
+        await self.workload_capi.stop()
+        with contextlib.suppress(Exception):
+            await self.workload.stop()
+        with contextlib.suppress(Exception):
+            await self.management.stop()
+        if self.nats is not None:
+            await self.nats.stop()
+
+    async def __aenter__(self) -> Testbed:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
