@@ -143,8 +143,7 @@ class ApiServer:
 
     async def _listen(self) -> None:
         assert self._runner is not None
-        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True,
-                                 shutdown_timeout=0.5)
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await self._site.start()
         if not self.port:
             server = self._site._server

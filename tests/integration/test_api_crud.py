@@ -1,0 +1,271 @@
+"""CRUD, discovery, selectors, concurrency and subresources through kubernetes_asyncio over HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from testbed.apiserver import ApiServer
+
+
+def status_of(exc: ApiException) -> dict:
+    body = json.loads(exc.body)
+    assert body["kind"] == "Status" and body["status"] == "Failure"
+    assert body["code"] == exc.status
+    return body
+
+
+def cm(name: str, labels: dict[str, str] | None = None, **data: str) -> client.V1ConfigMap:
+    return client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels=labels),
+                              data=data or None)
+
+
+async def test_discovery_models_validate(kube: client.ApiClient) -> None:
+    versions = await client.CoreApi(kube).get_api_versions()
+    assert versions.versions == ["v1"]
+    groups = await client.ApisApi(kube).get_api_versions()
+    names = {g.name for g in groups.groups}
+    assert {"apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io",
+            "coordination.k8s.io"} <= names
+    core = await client.CoreV1Api(kube).get_api_resources()
+    assert {"namespaces", "secrets", "configmaps", "namespaces/status"} <= {
+        r.name for r in core.resources}
+    apps = await client.AppsV1Api(kube).get_api_resources()
+    deploy = next(r for r in apps.resources if r.name == "deployments")
+    assert deploy.namespaced and "watch" in deploy.verbs and deploy.kind == "Deployment"
+    assert "deployments/scale" in {r.name for r in apps.resources}
+    code = await client.VersionApi(kube).get_code()
+    assert code.major == "1" and code.git_version.startswith("v1.")
+
+
+async def test_discovery_with_and_without_trailing_slash(api: ApiServer) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        for path in ("/api", "/api/", "/apis", "/apis/", "/version", "/version/",
+                     "/api/v1", "/api/v1/", "/apis/apps/v1", "/apis/apps/v1/", "/apis/apps/"):
+            async with s.get(api.url + path) as r:
+                assert r.status == 200, path
+                assert r.content_type == "application/json"
+        async with s.get(api.url + "/apis/nope.example.com/v1") as r:
+            assert r.status == 404
+
+
+async def test_create_sets_server_fields_and_get_roundtrips(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    created = await core.create_namespaced_config_map("default", cm("one", a="1"))
+    meta = created.metadata
+    assert meta.uid and meta.resource_version and meta.creation_timestamp
+    got = await core.read_namespaced_config_map("one", "default")
+    assert got.data == {"a": "1"} and got.metadata.uid == meta.uid
+    created2 = await core.create_namespaced_config_map("default", cm("two"))
+    assert int(created2.metadata.resource_version) > int(meta.resource_version)
+
+
+async def test_generate_name(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(generate_name="gen-"))
+    a = await core.create_namespaced_config_map("default", body)
+    b = await core.create_namespaced_config_map("default", body)
+    assert a.metadata.name.startswith("gen-") and len(a.metadata.name) == len("gen-") + 5
+    assert a.metadata.name != b.metadata.name
+
+
+async def test_error_codes_carry_status_bodies(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    with pytest.raises(ApiException) as e:
+        await core.read_namespaced_config_map("missing", "default")
+    body = status_of(e.value)
+    assert e.value.status == 404 and body["reason"] == "NotFound"
+    assert body["message"] == 'configmaps "missing" not found'
+    assert body["details"] == {"name": "missing", "kind": "configmaps"}
+
+    await core.create_namespaced_config_map("default", cm("dup"))
+    with pytest.raises(ApiException) as e:
+        await core.create_namespaced_config_map("default", cm("dup"))
+    assert e.value.status == 409 and status_of(e.value)["reason"] == "AlreadyExists"
+
+    with pytest.raises(ApiException) as e:
+        await core.create_namespaced_config_map("nope", cm("x"))
+    assert e.value.status == 404 and 'namespaces "nope" not found' in status_of(e.value)[
+        "message"]
+
+    with pytest.raises(ApiException) as e:
+        await core.create_namespaced_config_map("default", cm("Bad_Name"))
+    body = status_of(e.value)
+    assert e.value.status == 422 and body["reason"] == "Invalid"
+    assert body["details"]["causes"][0]["field"] == "metadata.name"
+
+
+async def test_stale_resource_version_conflicts(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    first = await core.create_namespaced_config_map("default", cm("c", a="1"))
+    first.data = {"a": "2"}
+    updated = await core.replace_namespaced_config_map("c", "default", first)
+    assert updated.data == {"a": "2"}
+    first.data = {"a": "3"}  # still carries the old resourceVersion
+    with pytest.raises(ApiException) as e:
+        await core.replace_namespaced_config_map("c", "default", first)
+    body = status_of(e.value)
+    assert e.value.status == 409 and body["reason"] == "Conflict"
+    assert "the object has been modified" in body["message"]
+
+
+async def test_noop_update_keeps_resource_version(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    obj = await core.create_namespaced_config_map("default", cm("same", a="1"))
+    again = await core.replace_namespaced_config_map("same", "default", obj)
+    assert again.metadata.resource_version == obj.metadata.resource_version
+
+
+async def test_label_and_field_selectors(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    await core.create_namespaced_config_map("default", cm("a", {"tier": "web", "env": "prod"}))
+    await core.create_namespaced_config_map("default", cm("b", {"tier": "db", "env": "prod"}))
+    await core.create_namespaced_config_map("default", cm("c", {"tier": "web"}))
+
+    async def names(**kw: str) -> set[str]:
+        items = (await core.list_namespaced_config_map("default", **kw)).items
+        return {i.metadata.name for i in items if i.metadata.name in "abc"}
+
+    assert await names(label_selector="tier=web") == {"a", "c"}
+    assert await names(label_selector="tier==web,env=prod") == {"a"}
+    assert await names(label_selector="tier!=web") == {"b"}
+    assert await names(label_selector="tier in (db, web),env") == {"a", "b"}
+    assert await names(label_selector="tier notin (web)") == {"b"}
+    assert await names(label_selector="!env") == {"c"}
+    assert await names(field_selector="metadata.name=b") == {"b"}
+    assert await names(field_selector="metadata.name!=b") == {"a", "c"}
+    with pytest.raises(ApiException) as e:
+        await core.list_namespaced_config_map("default", field_selector="data.x=1")
+    assert e.value.status == 400 and "field label not supported" in status_of(e.value)["message"]
+    with pytest.raises(ApiException) as e:
+        await core.list_namespaced_config_map("default", label_selector="tier in web")
+    assert e.value.status == 400
+
+
+async def test_list_pagination(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    for i in range(7):
+        await core.create_namespaced_config_map("default", cm(f"p{i}", {"page": "yes"}))
+    seen: list[str] = []
+    token = None
+    pages = 0
+    while True:
+        page = await core.list_namespaced_config_map("default", label_selector="page=yes",
+                                                     limit=3, _continue=token)
+        pages += 1
+        seen += [i.metadata.name for i in page.items]
+        token = page.metadata._continue
+        if not token:
+            break
+        assert page.metadata.remaining_item_count == 7 - len(seen)
+    assert pages == 3 and seen == sorted(f"p{i}" for i in range(7))
+
+
+async def test_list_all_namespaces_and_cluster_scoped(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="other")))
+    await core.create_namespaced_config_map("other", cm("x"))
+    await core.create_namespaced_config_map("default", cm("y"))
+    everywhere = await core.list_config_map_for_all_namespaces()
+    pairs = {(i.metadata.namespace, i.metadata.name) for i in everywhere.items}
+    assert {("other", "x"), ("default", "y")} <= pairs
+    ns = await core.read_namespace("other")
+    assert ns.status.phase == "Active" and ns.spec.finalizers == ["kubernetes"]
+    assert ns.metadata.labels["kubernetes.io/metadata.name"] == "other"
+
+
+def deployment(name: str, replicas: int = 1) -> client.V1Deployment:
+    labels = {"app": name}
+    return client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1DeploymentSpec(
+            replicas=replicas,
+            selector=client.V1LabelSelector(match_labels=labels),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="app",
+                                                                     image="nginx:1")]))))
+
+
+async def test_generation_and_status_split(kube: client.ApiClient) -> None:
+    apps = client.AppsV1Api(kube)
+    d = await apps.create_namespaced_deployment("default", deployment("web"))
+    assert d.metadata.generation == 1 and d.status is None or d.status.replicas is None
+    # A label change is metadata: generation stays.
+    d.metadata.labels = {"team": "a"}
+    d = await apps.replace_namespaced_deployment("web", "default", d)
+    assert d.metadata.generation == 1
+    # Status written through the main resource is ignored.
+    d.status = client.V1DeploymentStatus(replicas=5)
+    d = await apps.replace_namespaced_deployment("web", "default", d)
+    assert d.status is None or d.status.replicas is None
+    # Status through /status changes status only, never spec.
+    d.status = client.V1DeploymentStatus(replicas=1, ready_replicas=1)
+    d.spec.replicas = 9
+    d = await apps.replace_namespaced_deployment_status("web", "default", d)
+    assert d.status.ready_replicas == 1 and d.spec.replicas == 1
+    assert d.metadata.generation == 1
+    # A spec change bumps generation.
+    d.spec.replicas = 2
+    d = await apps.replace_namespaced_deployment("web", "default", d)
+    assert d.metadata.generation == 2 and d.status.ready_replicas == 1
+
+
+async def test_scale_subresource(kube: client.ApiClient) -> None:
+    apps = client.AppsV1Api(kube)
+    await apps.create_namespaced_deployment("default", deployment("s", 2))
+    scale = await apps.read_namespaced_deployment_scale("s", "default")
+    assert scale.spec.replicas == 2 and scale.status.selector == "app=s"
+    scale.spec.replicas = 4
+    await apps.replace_namespaced_deployment_scale("s", "default", scale)
+    assert (await apps.read_namespaced_deployment("s", "default")).spec.replicas == 4
+    await apps.patch_namespaced_deployment_scale(
+        "s", "default", {"spec": {"replicas": 1}},
+        _content_type="application/merge-patch+json")
+    assert (await apps.read_namespaced_deployment("s", "default")).spec.replicas == 1
+
+
+async def test_secret_string_data_is_encoded(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    s = await core.create_namespaced_secret("default", client.V1Secret(
+        metadata=client.V1ObjectMeta(name="s"), string_data={"user": "admin"}))
+    assert s.data == {"user": "YWRtaW4="} and s.type == "Opaque" and s.string_data is None
+
+
+async def test_dry_run_persists_nothing(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    out = await core.create_namespaced_config_map("default", cm("dry"), dry_run="All")
+    assert out.metadata.name == "dry"
+    with pytest.raises(ApiException) as e:
+        await core.read_namespaced_config_map("dry", "default")
+    assert e.value.status == 404
+
+
+async def test_delete_collection(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    for n in ("d1", "d2", "keep"):
+        await core.create_namespaced_config_map(
+            "default", cm(n, {"batch": "x" if n != "keep" else "y"}))
+    await core.delete_collection_namespaced_config_map("default", label_selector="batch=x")
+    left = {i.metadata.name for i in (await core.list_namespaced_config_map("default")).items}
+    assert "keep" in left and not {"d1", "d2"} & left
+
+
+async def test_leases_and_rbac_round_trip(kube: client.ApiClient) -> None:
+    coord = client.CoordinationV1Api(kube)
+    lease = await coord.create_namespaced_lease("default", client.V1Lease(
+        metadata=client.V1ObjectMeta(name="leader"),
+        spec=client.V1LeaseSpec(holder_identity="a", lease_duration_seconds=15)))
+    assert lease.spec.holder_identity == "a"
+    rbac = client.RbacAuthorizationV1Api(kube)
+    role = await rbac.create_cluster_role(client.V1ClusterRole(
+        metadata=client.V1ObjectMeta(name="reader"),
+        rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get"])]))
+    assert role.rules[0].verbs == ["get"]
+    ext = client.ApiextensionsV1Api(kube)
+    assert (await ext.list_custom_resource_definition()).items == []

@@ -1,0 +1,149 @@
+"""Watch semantics through kubernetes_asyncio's Watch: initial state, resume, 410, bookmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.rest import ApiException
+
+from testbed.apiserver import ApiServer
+
+
+def cm(name: str, labels: dict[str, str] | None = None, **data: str) -> client.V1ConfigMap:
+    return client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels=labels),
+                              data=data or None)
+
+
+async def collect(w: watch.Watch, stream: Any, n: int, skip_bookmarks: bool = True,
+                  timeout: float = 5.0) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+
+    async def run() -> None:
+        async for ev in stream:
+            if skip_bookmarks and ev["type"] == "BOOKMARK":
+                continue
+            out.append((ev["type"], ev["raw_object"]["metadata"]["name"]))
+            if len(out) >= n:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return out
+
+
+async def test_watch_sends_state_then_changes(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    await core.create_namespaced_config_map("default", cm("before"))
+    w = watch.Watch()
+    stream = w.stream(core.list_namespaced_config_map, "default", timeout_seconds=5)
+    first = await collect(w, stream, 1)
+    assert first == [("ADDED", "before")]
+    await core.create_namespaced_config_map("default", cm("after"))
+    await core.patch_namespaced_config_map("after", "default", {"data": {"x": "1"}},
+                                           _content_type="application/merge-patch+json")
+    await core.delete_namespaced_config_map("after", "default")
+    rest = await collect(w, stream, 3)
+    await w.close()
+    assert rest == [("ADDED", "after"), ("MODIFIED", "after"), ("DELETED", "after")]
+
+
+async def test_watch_resumes_from_resource_version(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    listed = await core.list_namespaced_config_map("default")
+    rv = listed.metadata.resource_version
+    await core.create_namespaced_config_map("default", cm("r1"))
+    await core.create_namespaced_config_map("default", cm("r2"))
+    w = watch.Watch()
+    stream = w.stream(core.list_namespaced_config_map, "default", resource_version=rv,
+                      timeout_seconds=5)
+    events = await collect(w, stream, 2)
+    await w.close()
+    assert events == [("ADDED", "r1"), ("ADDED", "r2")]
+
+
+async def test_watch_too_old_resource_version_is_410(api: ApiServer,
+                                                     kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    old = (await core.create_namespaced_config_map("default", cm("x"))).metadata.resource_version
+    await core.create_namespaced_config_map("default", cm("y"))
+    api.store.compact()
+    w = watch.Watch()
+    with pytest.raises(ApiException) as e:
+        async for _ in w.stream(core.list_namespaced_config_map, "default",
+                                resource_version=str(int(old) - 1), timeout_seconds=2):
+            pass
+    assert e.value.status == 410
+    # The raw stream is a 200 with one ERROR event carrying a 410 Status, as a real server sends.
+    async with aiohttp.ClientSession() as s, s.get(
+            f"{api.url}/api/v1/namespaces/default/configmaps",
+            params={"watch": "true", "resourceVersion": "1"}) as r:
+        assert r.status == 200
+        line = json.loads(await r.content.readline())
+        assert line["type"] == "ERROR"
+        assert line["object"]["code"] == 410 and line["object"]["reason"] == "Expired"
+
+
+async def test_watch_bookmarks_and_timeout(api: ApiServer) -> None:
+    api.bookmark_interval = 0.1
+    async with aiohttp.ClientSession() as s, s.get(
+            f"{api.url}/api/v1/namespaces/default/configmaps",
+            params={"watch": "True", "allowWatchBookmarks": "True", "timeoutSeconds": "1",
+                    "resourceVersion": str(api.store.rv)}) as r:
+        lines = [json.loads(line) async for line in r.content if line.strip()]
+    assert lines and all(e["type"] == "BOOKMARK" for e in lines)
+    assert lines[-1]["object"]["metadata"]["resourceVersion"] == str(api.store.rv)
+
+
+async def test_watch_with_label_selector_reports_transitions(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    await core.create_namespaced_config_map("default", cm("t", {"sel": "no"}))
+    w = watch.Watch()
+    stream = w.stream(core.list_namespaced_config_map, "default", label_selector="sel=yes",
+                      timeout_seconds=5)
+    task = asyncio.ensure_future(collect(w, stream, 2))
+    await asyncio.sleep(0.1)
+    patch = {"metadata": {"labels": {"sel": "yes"}}}
+    await core.patch_namespaced_config_map("t", "default", patch,
+                                           _content_type="application/merge-patch+json")
+    patch = {"metadata": {"labels": {"sel": "no"}}}
+    await core.patch_namespaced_config_map("t", "default", patch,
+                                           _content_type="application/merge-patch+json")
+    events = await task
+    await w.close()
+    assert events == [("ADDED", "t"), ("DELETED", "t")]
+
+
+async def test_send_initial_events_ends_with_annotated_bookmark(api: ApiServer,
+                                                                kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    await core.create_namespaced_config_map("default", cm("i1"))
+    async with aiohttp.ClientSession() as s, s.get(
+            f"{api.url}/api/v1/namespaces/default/configmaps",
+            params={"watch": "1", "sendInitialEvents": "true", "allowWatchBookmarks": "true",
+                    "resourceVersionMatch": "NotOlderThan", "timeoutSeconds": "1"}) as r:
+        lines = [json.loads(line) async for line in r.content if line.strip()]
+    types = [e["type"] for e in lines]
+    assert types[0] == "ADDED"
+    marks = [e for e in lines if e["type"] == "BOOKMARK"]
+    assert marks[0]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+async def test_cut_watches_ends_streams(api: ApiServer, kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    w = watch.Watch()
+    stream = w.stream(core.list_namespaced_config_map, "default", timeout_seconds=30)
+
+    async def drain() -> int:
+        n = 0
+        async for _ in stream:
+            n += 1
+        return n
+
+    task = asyncio.ensure_future(drain())
+    await asyncio.sleep(0.2)
+    assert api.cut_watches() == 1
+    await asyncio.wait_for(task, 5)  # the stream ends; the client must re-watch
