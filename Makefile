@@ -1,0 +1,29 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Each builds its own venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STATE ?= .state
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed  ## bring up the local testbed (management + workload API, CAPI, NATS)
+	$(BIN)/python -m testbed up --state-dir $(STATE)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy agent mgmt_gateway testbed/natsd.py
+
+test: lint  ## ruff, mypy --strict and the whole pytest suite
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed  ## print the benchmark figures
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(STATE) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,28 @@
+"""`python -m bench [name...]`: run the benchmarks and print their figures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from . import apiserver
+
+BENCHES = {"apiserver": apiserver.main}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"benchmarks to run, of: {', '.join(BENCHES)} (default: all)")
+    args = p.parse_args()
+    unknown = set(args.names) - set(BENCHES)
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from "
+                f"{', '.join(BENCHES)}")
+    for name in args.names or list(BENCHES):
+        print(f"== {name}")
+        asyncio.run(BENCHES[name]())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Fault injection: failed requests, cut watches, an unreachable server that comes back."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from testbed.apiserver import ApiServer
+
+
+@pytest.mark.parametrize(("code", "reason"), [(409, "Conflict"), (429, "TooManyRequests"),
+                                              (500, "InternalError"),
+                                              (503, "ServiceUnavailable")])
+async def test_fail_next_requests(api: ApiServer, kube: client.ApiClient, code: int,
+                                  reason: str) -> None:
+    core = client.CoreV1Api(kube)
+    api.faults.fail_next(2, code, path=r"/configmaps")
+    for _ in range(2):
+        with pytest.raises(ApiException) as e:
+            await core.list_namespaced_config_map("default")
+        body = json.loads(e.value.body)
+        assert e.value.status == code and body["reason"] == reason
+        if code in (429, 503):
+            assert e.value.headers["Retry-After"] == "1"
+    await core.read_namespace("default")  # other paths are untouched
+    assert (await core.list_namespaced_config_map("default")).items == []
+
+
+async def test_fail_only_matching_method(api: ApiServer, kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    api.faults.fail_next(1, 500, method="POST")
+    await core.list_namespaced_config_map("default")
+    with pytest.raises(ApiException):
+        await core.create_namespaced_config_map("default", client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="x")))
+    await core.create_namespaced_config_map("default", client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="x")))
+
+
+async def test_faults_are_controllable_over_http(api: ApiServer) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{api.url}/testbed/faults",
+                          json={"action": "fail", "count": 1, "code": 429}) as r:
+            assert r.status == 200
+        async with s.get(f"{api.url}/api/v1/namespaces") as r:
+            assert r.status == 429
+        async with s.get(f"{api.url}/api/v1/namespaces") as r:
+            assert r.status == 200
+        async with s.post(f"{api.url}/testbed/faults", json={"action": "explode"}) as r:
+            assert r.status == 400
+        async with s.get(f"{api.url}/testbed/stats") as r:
+            stats = await r.json()
+            assert stats["faultsInjected"] == 1
+
+
+async def test_server_goes_down_and_comes_back(api: ApiServer, kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    await core.create_namespaced_config_map("default", client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="kept")))
+    port = api.port
+    await api.go_down()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as s, s.get(f"{api.url}/version"):
+            pass
+    await api.come_up()
+    assert api.port == port
+    got = await core.read_namespaced_config_map("kept", "default")
+    assert got.metadata.name == "kept"
