@@ -178,9 +178,7 @@ def _metadata_list(path: SchemaPath) -> ListType | None:
 
 
 _CONTAINER_LISTS: Final = frozenset({"containers", "initContainers", "ephemeralContainers"})
-_BY_NAME_SUFFIX: Final = frozenset(
-    {*_CONTAINER_LISTS, "env", "volumes", "imagePullSecrets"}
-)
+_BY_NAME_SUFFIX: Final = frozenset({*_CONTAINER_LISTS, "env", "volumes", "imagePullSecrets"})
 # Selectors that core/apps types declare atomic (structType/mapType=atomic).
 _ATOMIC_SELECTORS: Final = frozenset(
     {"nodeSelector", "labelSelector", "namespaceSelector", "podSelector"}
@@ -630,7 +628,7 @@ class _SMP:
             if value is None:
                 original.pop(key, None)
                 continue
-            child = path + (key,)
+            child = (*path, key)
             current = original.get(key, _OMIT)
             merged: Any
             if isinstance(current, dict) and isinstance(value, dict):
@@ -683,45 +681,43 @@ class _SMP:
             field = directive_key[len(_SET_ORDER) :]
             if not field or not isinstance(order, list):
                 raise _bad_request(_ERR_SET_ORDER)
-            child = path + (field,)
+            child = (*path, field)
             list_type = self.schema.list_type(child)
             identity = self._identity(list_type)
-            current = original.get(field)
-            has_current = isinstance(current, list)
-            patch_list = patch.pop(field, _OMIT)
-            if patch_list is not _OMIT and not isinstance(patch_list, list):
-                raise _bad_request(_ERR_SET_ORDER)
+            raw_current = original.get(field)
+            current: list[Any] | None = raw_current if isinstance(raw_current, list) else None
+            raw_patch = patch.pop(field, _OMIT)
+            patch_list: list[Any] | None = None
+            if not isinstance(raw_patch, _Omit):
+                if not isinstance(raw_patch, list):
+                    raise _bad_request(_ERR_SET_ORDER)
+                patch_list = raw_patch
             if list_type.kind == "atomic":
-                if patch_list is not _OMIT:
+                if patch_list is not None:
                     original[field] = self.merge_list(
-                        current if has_current else [], patch_list, child, existing=has_current
+                        current or [], patch_list, child, existing=current is not None
                     )
                 continue
-            if patch_list is not _OMIT:
+            if patch_list is not None:
                 self._check_order(patch_list, order, identity)
-            if has_current and patch_list is _OMIT:
-                merged = list(current)
-            elif patch_list is not _OMIT:
                 merged = self.merge_list(
-                    current if has_current else [], patch_list, child, existing=has_current
+                    current or [], patch_list, child, existing=current is not None
                 )
+            elif current is not None:
+                merged = list(current)
             else:
                 continue
             wanted = {identity(item) for item in order}
             in_order = [item for item in merged if identity(item) in wanted]
             server_only = [item for item in merged if identity(item) not in wanted]
             original[field] = _normalize_order(
-                in_order, server_only, order, current if has_current else [], identity
+                in_order, server_only, order, current or [], identity
             )
 
     @staticmethod
     def _check_order(patch_list: list[Any], order: list[Any], identity: _Identity) -> None:
         """Patch items must appear in ``$setElementOrder`` in the same relative order."""
-        items = [
-            item
-            for item in patch_list
-            if not (isinstance(item, dict) and _DIRECTIVE in item)
-        ]
+        items = [item for item in patch_list if not (isinstance(item, dict) and _DIRECTIVE in item)]
         i = j = 0
         while i < len(items) and j < len(order):
             if identity(items[i]) == identity(order[j]):
@@ -782,7 +778,7 @@ class _SMP:
     ) -> list[Any]:
         identity = self._identity(list_type)
         key_name = ",".join(list_type.keys)
-        item_path = path + (ITEM,)
+        item_path = (*path, ITEM)
 
         def require_key(item: dict[str, Any]) -> None:
             if not any(k in item for k in list_type.keys):
@@ -812,6 +808,7 @@ class _SMP:
                 if stripped is not _OMIT:
                     result.append(stripped)
             return result
+        server_order = list(merged)
         for item in plain:
             ident = identity(item)
             for index, candidate in enumerate(merged):
@@ -823,7 +820,7 @@ class _SMP:
         in_patch = {identity(item) for item in plain}
         from_patch = [item for item in merged if identity(item) in in_patch]
         server_only = [item for item in merged if identity(item) not in in_patch]
-        return _normalize_order(from_patch, server_only, plain, merged, identity)
+        return _normalize_order(from_patch, server_only, plain, server_order, identity)
 
 
 _Identity = Callable[[Any], str]

@@ -22,6 +22,7 @@ import yaml
 from aiohttp import web
 
 from . import discovery, errors, fieldmanager, openapi
+from ..crds import load_documents
 from .errors import ApiError
 from .faults import Faults
 from .gc import ClusterControllers
@@ -182,8 +183,8 @@ class ApiServer:
         crd_rt = self.registry.type_for("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         n = 0
         for path in paths:
-            for doc in yaml.safe_load_all(path.read_text()):
-                if doc and doc.get("kind") == "CustomResourceDefinition":
+            for doc in load_documents(path):
+                if doc.get("kind") == "CustomResourceDefinition":
                     self.registry.create(crd_rt, None, doc, manager="testbed")
                     n += 1
         return n

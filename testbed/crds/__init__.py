@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent
 
@@ -12,3 +17,14 @@ def crd_files(*providers: str) -> list[Path]:
     dirs = [ROOT / p for p in providers] if providers else sorted(p for p in ROOT.iterdir()
                                                                    if p.is_dir())
     return sorted(f for d in dirs for f in d.glob("*.yaml"))
+
+
+@functools.cache
+def _parsed(path: Path) -> tuple[dict[str, Any], ...]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return tuple(d for d in yaml.load_all(path.read_text(), Loader=loader) if d)
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    """The YAML documents of a file, parsed once per process (the CRDs are large): fresh copies."""
+    return copy.deepcopy(list(_parsed(path.resolve())))

@@ -1,0 +1,140 @@
+"""The infrastructure provider: DevCluster/DevMachine and VSphereCluster/VSphereMachine.
+
+It plays the provider side of the v1beta2 InfraCluster and InfraMachine contracts: an infra
+cluster reports `status.initialization.provisioned` (and gets a control plane endpoint when it
+has none); an infra machine waits for its Machine's bootstrap data and the cluster
+infrastructure, takes `step_delay + provision_delay` to "boot", then reports a providerID,
+addresses and `status.initialization.provisioned`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import uuid
+from urllib.parse import urlsplit
+
+from .api import MACHINES
+from .runtime import Context
+from .util import (
+    INFRA_GROUP,
+    Obj,
+    condition,
+    dig,
+    meta,
+    owner_of_kind,
+    with_conditions,
+)
+
+INFRA_CLUSTERS = ((INFRA_GROUP, "devclusters"), (INFRA_GROUP, "vsphereclusters"))
+INFRA_MACHINES = ((INFRA_GROUP, "devmachines"), (INFRA_GROUP, "vspheremachines"))
+
+
+def endpoint_for(ctx: Context, ns: str, cluster: str) -> tuple[str, int]:
+    """Where a cluster's API is reached: the workload server if there is one, else a
+    placeholder name that never resolves."""
+    url = ctx.workload_server(ns, cluster)
+    if url:
+        parts = urlsplit(url)
+        if parts.hostname:
+            return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{cluster}.{ns}.cluster.invalid", 6443
+
+
+class InfraClusterReconciler:
+    kinds = INFRA_CLUSTERS
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def reconcile(self, obj: Obj) -> float | None:
+        api = self.ctx.api
+        if meta(obj).get("deletionTimestamp"):
+            return None
+        cluster = api.cluster_of(obj)
+        if cluster is None:
+            return None  # a provider waits for the Cluster that uses this object
+        provisioned = dig(obj, "status", "initialization", "provisioned") is True
+        if not provisioned:
+            left = self.ctx.timers.remaining(meta(obj)["uid"], "provision",
+                                             self.ctx.config.provision_delay)
+            if left > 0:
+                return left
+        owner = owner_of_kind(obj, "Cluster")
+        if not dig(obj, "spec", "controlPlaneEndpoint", "host") and owner is not None:
+            host, port = endpoint_for(self.ctx, meta(obj).get("namespace", ""),
+                                      meta(cluster)["name"])
+            new = copy.deepcopy(obj)
+            new.setdefault("spec", {})["controlPlaneEndpoint"] = {"host": host, "port": port}
+            updated = api.update(new)
+            if updated is None:
+                return self.ctx.config.step_delay
+            obj = updated
+        status = dict(obj.get("status") or {})
+        status["initialization"] = {"provisioned": True}
+        with_conditions(status, obj, [condition("Ready", True, "Ready"),
+                                      condition("Paused", False, "NotPaused")])
+        api.set_status(obj, status)
+        return None
+
+
+def _address(uid: str) -> str:
+    d = hashlib.sha256(uid.encode()).digest()
+    return f"10.{d[0]}.{d[1]}.{d[2] % 250 + 2}"
+
+
+def provider_id(obj: Obj) -> str:
+    """The providerID a real provider would report, shaped per provider."""
+    name = meta(obj)["name"]
+    if obj.get("kind") == "VSphereMachine":
+        return f"vsphere://{uuid.uuid5(uuid.NAMESPACE_URL, meta(obj)['uid'])}"
+    if dig(obj, "spec", "backend", "docker") is not None:
+        return f"docker:////{name}"
+    return f"in-memory://{name}"
+
+
+class InfraMachineReconciler:
+    kinds = INFRA_MACHINES
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def reconcile(self, obj: Obj) -> float | None:
+        api = self.ctx.api
+        if meta(obj).get("deletionTimestamp"):
+            return None
+        ref = owner_of_kind(obj, "Machine")
+        if ref is None:
+            return None  # waits for its Machine to own it
+        machine = api.get(MACHINES, meta(obj).get("namespace"), str(ref.get("name", "")))
+        if machine is None:
+            return None
+        cluster = api.cluster_of(machine)
+        if dig(obj, "status", "initialization", "provisioned") is not True:
+            if cluster is None or dig(cluster, "status", "initialization",
+                                      "infrastructureProvisioned") is not True:
+                return None  # WaitingForClusterInfrastructureReady
+            if not dig(machine, "spec", "bootstrap", "dataSecretName"):
+                return None  # WaitingForBootstrapData
+            cfg = self.ctx.config
+            left = self.ctx.timers.remaining(meta(obj)["uid"], "provision",
+                                             cfg.step_delay + cfg.provision_delay)
+            if left > 0:
+                return left
+        if not dig(obj, "spec", "providerID"):
+            new = copy.deepcopy(obj)
+            new.setdefault("spec", {})["providerID"] = provider_id(obj)
+            updated = api.update(new)
+            if updated is None:
+                return self.ctx.config.step_delay
+            obj = updated
+        status = dict(obj.get("status") or {})
+        status["initialization"] = {"provisioned": True}
+        status["addresses"] = [{"type": "InternalIP", "address": _address(meta(obj)["uid"])},
+                               {"type": "Hostname", "address": meta(obj)["name"]}]
+        if obj.get("kind") == "DevMachine" and dig(machine, "spec", "failureDomain"):
+            status["failureDomain"] = machine["spec"]["failureDomain"]
+        with_conditions(status, obj, [condition("Ready", True, "Ready"),
+                                      condition("Paused", False, "NotPaused")])
+        api.set_status(obj, status)
+        return None

@@ -1,0 +1,248 @@
+"""The controller runtime: one work queue fed by store events, timed requeues and a resync.
+
+Store listeners run synchronously inside the registry's write path, so they only enqueue keys;
+a single worker task then reconciles one key at a time. Reconcilers are synchronous functions
+over the in-process registry, so a pass never interleaves with another pass (no self-inflicted
+conflicts), and the worker yields to the event loop between keys so HTTP clients keep being
+served. Everything is level-triggered: a lost event costs at most one resync period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from testbed.apiserver.registry import Registry
+from testbed.apiserver.store import Event
+
+from .api import CLUSTERS, Api, rkey
+from .util import PAUSED_ANNOTATION, Obj, annots, condition, dig, meta, with_conditions
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]  # (resource key, namespace, name)
+
+
+@dataclass
+class SimConfig:
+    step_delay: float = 0.05  # time per machine phase (Pending->Provisioning->Provisioned->Running)
+    never_ready: Callable[[dict[str, Any]], bool] | None = None  # such a machine never runs
+    provision_delay: float = 0.0  # extra delay before infrastructure is provisioned
+    resync: float = 1.0
+    certificate_validity_days: int = 365
+
+
+class Timers:
+    """Monotonic "since when" marks per (uid, stage): how a simulated step takes its time
+    without writing timestamps into objects on every pass."""
+
+    def __init__(self) -> None:
+        self._start: dict[tuple[str, str], float] = {}
+
+    def remaining(self, uid: str, stage: str, delay: float) -> float:
+        """Seconds left before `delay` has passed since this stage was first asked about."""
+        now = time.monotonic()
+        start = self._start.setdefault((uid, stage), now)
+        return max(0.0, start + delay - now)
+
+    def forget(self, uid: str) -> None:
+        for k in [k for k in self._start if k[0] == uid]:
+            del self._start[k]
+
+
+@dataclass
+class Context:
+    """What every reconciler shares: the API, the knobs, the clocks and the outside hooks."""
+
+    api: Api
+    config: SimConfig
+    timers: Timers
+    workload_server: Callable[[str, str], str | None]
+
+
+class Reconciler(Protocol):
+    @property
+    def kinds(self) -> tuple[tuple[str, str], ...]:
+        """(group, plural) of the kinds this reconciler is responsible for."""
+        ...
+
+    def reconcile(self, obj: Obj) -> float | None:
+        """Converge one object; returns seconds after which to look again, or None."""
+        ...
+
+
+def paused(cluster: Obj | None, obj: Obj) -> bool:
+    """CAPI's pause rule: the Cluster's spec.paused, or the paused annotation on the object."""
+    if PAUSED_ANNOTATION in annots(obj):
+        return True
+    return bool(cluster is not None and dig(cluster, "spec", "paused"))
+
+
+class Runtime:
+    def __init__(self, registry: Registry, ctx: Context, reconcilers: list[Reconciler],
+                 active: Callable[[], bool]) -> None:
+        self.registry = registry
+        self.ctx = ctx
+        self.active = active
+        self._by_rkey: dict[str, Reconciler] = {}
+        for r in reconcilers:
+            for kind in r.kinds:
+                self._by_rkey[rkey(kind)] = r
+        self._pending: dict[Key, None] = {}
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        registry.store.subscribe(self._on_event)
+
+    # -- intake -----------------------------------------------------------------------------
+    def enqueue(self, key: Key) -> None:
+        if key[0] not in self._by_rkey:
+            return
+        self._pending[key] = None
+        self._idle.clear()
+        self._wake.set()
+
+    def enqueue_after(self, key: Key, delay: float) -> None:
+        if self._loop is None:
+            return
+        when = self._loop.time() + delay
+        handle = self._timers.get(key)
+        if handle is not None and not handle.cancelled() and handle.when() <= when:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._timers[key] = self._loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.enqueue(key)
+
+    def _on_event(self, ev: Event) -> None:
+        """Map a change to the keys whose state may depend on it (never write from here)."""
+        try:
+            self._map_event(ev)
+        except Exception:  # a listener must never break the registry's write path
+            log.exception("mapping event for %s failed", ev.rkey)
+
+    def _map_event(self, ev: Event) -> None:
+        m = meta(ev.obj)
+        ns = m.get("namespace", "")
+        if ev.type == "DELETED" and m.get("uid"):
+            self.ctx.timers.forget(m["uid"])
+        self.enqueue((ev.rkey, ns, m.get("name", "")))
+        for ref in m.get("ownerReferences") or []:
+            if not isinstance(ref, dict):
+                continue
+            group = str(ref.get("apiVersion", "")).rpartition("/")[0]
+            rt = self.ctx.api.type_of_kind(group, str(ref.get("kind", "")))
+            if rt is not None:
+                self.enqueue((rt.key, ns, str(ref.get("name", ""))))
+        # Providers wait on what their consumer says (e.g. an infra machine on its Machine's
+        # bootstrap data): wake the objects this one references too.
+        for path in (("infrastructureRef",), ("bootstrap", "configRef"), ("controlPlaneRef",)):
+            ref = dig(ev.obj, "spec", *path)
+            if isinstance(ref, dict):
+                rt = self.ctx.api.type_of_kind(str(ref.get("apiGroup", "")),
+                                               str(ref.get("kind", "")))
+                if rt is not None:
+                    self.enqueue((rt.key, ns, str(ref.get("name", ""))))
+        if ev.rkey in self._by_rkey and ev.rkey != rkey(CLUSTERS):
+            # Clusters summarise everything below them; infra clusters and control planes
+            # are found through the Cluster's references before owner references exist.
+            for cns, cname in self._cluster_keys(ns):
+                self.enqueue((rkey(CLUSTERS), cns, cname))
+        if ev.rkey == rkey(CLUSTERS):
+            # Pause, initialization and endpoint of a Cluster gate every object below it.
+            self.enqueue_namespace(ns)
+
+    def _cluster_keys(self, ns: str) -> list[tuple[str, str]]:
+        rt = self.ctx.api.type(CLUSTERS)
+        return list(self.ctx.api.iter_keys(rt, ns)) if rt is not None else []
+
+    def enqueue_namespace(self, ns: str | None) -> None:
+        for rk in self._by_rkey:
+            rt = self.registry.type_of(rk)
+            if rt is None:
+                continue
+            for kns, name in self.ctx.api.iter_keys(rt, ns):
+                self.enqueue((rk, kns, name))
+
+    # -- work -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._tasks:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [self._loop.create_task(self._work(), name="capi-sim-worker"),
+                       self._loop.create_task(self._resync(), name="capi-sim-resync")]
+
+    async def stop(self) -> None:
+        for h in self._timers.values():
+            h.cancel()
+        self._timers.clear()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        while True:
+            await self._idle.wait()
+            await asyncio.sleep(0)
+            if self._idle.is_set():
+                return
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.ctx.config.resync)
+            self.enqueue_namespace(None)
+
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                key = next(iter(self._pending))
+                del self._pending[key]
+                self._process(key)
+                await asyncio.sleep(0)
+            self._idle.set()
+
+    def _process(self, key: Key) -> None:
+        if not self.active():
+            return  # the resync brings everything back once the controllers are "installed"
+        rk, ns, name = key
+        reconciler = self._by_rkey.get(rk)
+        rt = self.registry.type_of(rk)
+        if reconciler is None or rt is None:
+            return
+        obj = self.ctx.api._get(rt, ns or None, name)
+        if obj is None:
+            return
+        try:
+            cluster = self.ctx.api.cluster_of(obj) if rk != rkey(CLUSTERS) else obj
+            if paused(cluster, obj):
+                self._mark_paused(obj)
+                return
+            delay = reconciler.reconcile(obj)
+        except Exception:  # never crash on a half-formed object: log, skip, resync retries
+            log.exception("reconciling %s %s/%s failed", rt.kind, ns, name)
+            return
+        if delay is not None:
+            self.enqueue_after(key, max(delay, 0.001))
+
+    def _mark_paused(self, obj: Obj) -> None:
+        """A paused object only learns that it is paused; nothing else about it changes."""
+        status = dict(obj.get("status") or {})
+        with_conditions(status, obj, [condition("Paused", True, "Paused")])
+        self.ctx.api.set_status(obj, status)
