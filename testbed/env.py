@@ -7,7 +7,6 @@ the tests prove.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from types import TracebackType
 
@@ -62,7 +61,7 @@ class Testbed:
         if self.nats is not None:
             tmp = self.nats_url_file.with_suffix(".tmp")
             tmp.write_text(self.nats.url + "\n")
-            os.replace(tmp, self.nats_url_file)
+            tmp.replace(self.nats_url_file)
 
     async def stop(self) -> None:
         for f in (self.management_kubeconfig, self.workload_kubeconfig, self.nats_url_file):

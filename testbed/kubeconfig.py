@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,6 @@ def write_kubeconfig(path: Path, name: str, server: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(yaml.safe_dump(kubeconfig(name, server), sort_keys=False))
-    os.chmod(tmp, 0o600)
+    tmp.chmod(0o600)
     tmp.replace(path)
     return path

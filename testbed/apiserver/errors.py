@@ -1,6 +1,7 @@
 """API errors carried as `metav1.Status` bodies, worded as a real API server words them.
 
-Clients branch on `reason` and `code` (kubectl prints `message`), so each constructor fixes all three.
+Clients branch on `reason` and `code` (kubectl prints `message`), so each constructor fixes
+all three.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def conflict(group: str, plural: str, name: str, why: str) -> ApiError:
                     _details(name, group, plural))
 
 
-STALE = "the object has been modified; please apply your changes to the latest version and try again"
+STALE = (
+    "the object has been modified; please apply your changes to the latest version and try again"
+)
 
 
 def invalid(qualified_kind: str, group: str, kind: str, name: str,

@@ -285,6 +285,7 @@ class Registry:
         new["metadata"]["managedFields"] = fieldmanager.record_update(
             old, new, managed, manager=manager, api_version=rt.api_version(version),
             subresource=subresource, lists=self.lists_for(rt, version), now=now_rfc3339(),
+            status_subresource=rt.status,
         ) if manager else managed
         if not new["metadata"]["managedFields"]:
             new["metadata"].pop("managedFields")

@@ -221,7 +221,7 @@ def from_crd(crd: dict[str, Any]) -> ResourceType:
 
 
 def version_priority(version: str) -> tuple[int, int, int, str]:
-    """Kubernetes version ordering: GA > beta > alpha, higher numbers first (v1 > v1beta2 > v1beta1)."""
+    """Kubernetes version order: GA, then beta, then alpha; higher first (v1, v1beta2, v1beta1)."""
     import re
 
     m = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)

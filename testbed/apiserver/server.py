@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery, errors, fieldmanager, openapi
 from ..crds import load_documents
+from . import discovery, errors, fieldmanager, openapi
 from .errors import ApiError
 from .faults import Faults
 from .gc import ClusterControllers
@@ -35,7 +35,7 @@ from .selectors import (
     parse_field_selector,
     parse_label_selector,
 )
-from .store import Obj, TooOld, WatchFilter, Watcher
+from .store import Obj, TooOld, Watcher, WatchFilter
 from .table import to_table
 
 log = logging.getLogger(__name__)
@@ -604,11 +604,12 @@ class ApiServer:
                 live, config, managed, manager=manager, force=force,
                 api_version=rt.api_version(r.version), subresource=self._sub(r),
                 lists=self.registry.lists_for(rt, r.version),
-                now=now_rfc3339())
+                status_subresource=rt.status, now=now_rfc3339())
         except fieldmanager.ApplyConflict as e:
-            raise ApiError(409, "Conflict", str(e), {"causes": [
-                {"reason": "FieldManagerConflict", "message": f'conflict with "{mgr}"',
-                 "field": path} for mgr, path in e.conflicts]}) from e
+            status = e.to_status()
+            raise ApiError(409, "Conflict", status["message"], status.get("details")) from e
+        except PatchError as e:
+            raise ApiError(e.code, e.reason, e.message) from e
         if live is None:
             if r.sub is not None:
                 raise errors.not_found(rt.group, rt.plural, r.name)

@@ -195,7 +195,7 @@ def deployment(name: str, replicas: int = 1) -> client.V1Deployment:
 async def test_generation_and_status_split(kube: client.ApiClient) -> None:
     apps = client.AppsV1Api(kube)
     d = await apps.create_namespaced_deployment("default", deployment("web"))
-    assert d.metadata.generation == 1 and d.status is None or d.status.replicas is None
+    assert (d.metadata.generation == 1 and d.status is None) or d.status.replicas is None
     # A label change is metadata: generation stays.
     d.metadata.labels = {"team": "a"}
     d = await apps.replace_namespaced_deployment("web", "default", d)

@@ -1,4 +1,4 @@
-"""Custom resources of the real CAPI CRDs: validation, pruning, every PATCH flavour, server-side apply."""
+"""Custom resources of the real CAPI CRDs: validation, pruning, PATCH types, server-side apply."""
 
 from __future__ import annotations
 

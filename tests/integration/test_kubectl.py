@@ -155,7 +155,7 @@ async def test_apply_real_crds_and_capi_objects(api: ApiServer, kubectl: Kubectl
 async def test_apply_invalid_object_names_the_field(kubectl: Kubectl) -> None:
     await apply_crds(kubectl)
     bad = yaml.safe_load_all(CAPI_OBJECTS)
-    kcp = [d for d in bad if d["kind"] == "KubeadmControlPlane"][0]
+    kcp = next(d for d in bad if d["kind"] == "KubeadmControlPlane")
     kcp["metadata"]["namespace"] = "default"
     kcp["spec"]["replicas"] = "three"
     rc, _, err = await kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump(kcp), check=False)
