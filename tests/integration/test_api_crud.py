@@ -269,3 +269,17 @@ async def test_leases_and_rbac_round_trip(kube: client.ApiClient) -> None:
     assert role.rules[0].verbs == ["get"]
     ext = client.ApiextensionsV1Api(kube)
     assert (await ext.list_custom_resource_definition()).items == []
+
+
+async def test_events_select_on_involved_object(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    for name, target in (("e1", "agent"), ("e2", "other")):
+        await core.create_namespaced_event("default", client.CoreV1Event(
+            metadata=client.V1ObjectMeta(name=name),
+            involved_object=client.V1ObjectReference(kind="ConfigMap", name=target,
+                                                     namespace="default"),
+            reason="SpecRejected", message="bad signature", type="Warning"))
+    events = await core.list_namespaced_event(
+        "default", field_selector="involvedObject.name=agent,involvedObject.kind=ConfigMap")
+    assert [e.metadata.name for e in events.items] == ["e1"]
+    assert events.items[0].reason == "SpecRejected"

@@ -257,3 +257,42 @@ async def test_typed_create_subcommands(kubectl: Kubectl) -> None:
                                 "namespace": "default"}]
     rc, _, err = await kubectl.run("create", "deployment", "web", "--image=nginx", check=False)
     assert rc != 0 and "send it as JSON" in err
+
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        env: [{name: A, value: "1"}]
+      - name: sidecar
+        image: busybox:1
+"""
+
+
+async def test_apply_builtin_twice_uses_strategic_merge(kubectl: Kubectl) -> None:
+    await kubectl.run("apply", "-f", "-", stdin=DEPLOYMENT)
+    # The second apply is a strategic merge patch: containers merge by name, env by name.
+    changed = DEPLOYMENT.replace("nginx:1.27", "nginx:1.28").replace('value: "1"', 'value: "2"')
+    _, out, _ = await kubectl.run("apply", "-f", "-", stdin=changed)
+    assert "deployment.apps/web configured" in out
+    d = await kubectl.json("get", "deployment", "web")
+    containers = {c["name"]: c for c in d["spec"]["template"]["spec"]["containers"]}
+    assert containers["web"]["image"] == "nginx:1.28"
+    assert containers["web"]["env"] == [{"name": "A", "value": "2"}]
+    assert containers["sidecar"]["image"] == "busybox:1"
+    assert d["metadata"]["generation"] == 2
+    await kubectl.run("patch", "deployment", "web", "-p",
+                      '{"spec":{"template":{"spec":{"containers":[{"name":"sidecar",'
+                      '"image":"busybox:2"}]}}}}')
+    d = await kubectl.json("get", "deployment", "web")
+    images = [c["image"] for c in d["spec"]["template"]["spec"]["containers"]]
+    assert sorted(images) == ["busybox:2", "nginx:1.28"]
