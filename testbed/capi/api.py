@@ -74,9 +74,9 @@ class Api:
         rt = self.type(kind)
         if rt is None or not name:
             return None
-        return self._get(rt, ns, name)
+        return self.get_typed(rt, ns, name)
 
-    def _get(self, rt: ResourceType, ns: str | None, name: str) -> Obj | None:
+    def get_typed(self, rt: ResourceType, ns: str | None, name: str) -> Obj | None:
         obj = self.registry.store.get(rt.key, (ns or "", name))
         if obj is None:
             return None
@@ -92,7 +92,7 @@ class Api:
         name = ref.get("name")
         if rt is None or not isinstance(name, str) or not name:
             return None
-        return self._get(rt, ns, name)
+        return self.get_typed(rt, ns, name)
 
     def list_of(self, kind: Kind, ns: str | None = None) -> list[Obj]:
         rt = self.type(kind)

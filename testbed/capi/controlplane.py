@@ -147,19 +147,18 @@ class KubeadmControlPlaneReconciler:
         """At most one change per pass, and only when nothing else is in flight."""
         if any(deleting(m) for m in machines):
             return
-        active = machines
         desired = dig(kcp, "spec", "replicas")
         desired = desired if isinstance(desired, int) else 1
-        if not active:
+        if not machines:
             if desired > 0:
                 self._create(kcp, cluster, template, bootstrap_spec)
             return
-        if not initialized or not all(running(m) for m in active):
+        if not initialized or not all(running(m) for m in machines):
             return
-        if len(active) > desired:
-            victims = [m for m in active if meta(m)["name"] in outdated] or active
+        if len(machines) > desired:
+            victims = [m for m in machines if meta(m)["name"] in outdated] or machines
             self.ctx.api.delete(victims[0])  # oldest outdated first, else oldest
-        elif len(active) < desired or outdated:
+        elif len(machines) < desired or outdated:
             self._create(kcp, cluster, template, bootstrap_spec)
 
     def _create(self, kcp: Obj, cluster: Obj, template: Obj, bootstrap_spec: Obj) -> None:

@@ -187,14 +187,14 @@ class MachineReconciler:
 
         # Mirror the providers' results into the Machine's spec (as CAPI does).
         spec = m.get("spec") or {}
-        data_secret = spec.get("bootstrap", {}).get("dataSecretName")
+        data_secret = dig(spec, "bootstrap", "dataSecretName")
         if not data_secret and config is not None and \
                 dig(config, "status", "initialization", "dataSecretCreated") is True:
             data_secret = dig(config, "status", "dataSecretName")
         infra_ready = infra is not None and \
             dig(infra, "status", "initialization", "provisioned") is True
         provider_id = dig(infra, "spec", "providerID") if infra_ready else spec.get("providerID")
-        if (data_secret and data_secret != spec.get("bootstrap", {}).get("dataSecretName")) or \
+        if (data_secret and data_secret != dig(spec, "bootstrap", "dataSecretName")) or \
                 (provider_id and provider_id != spec.get("providerID")):
             new = copy.deepcopy(m)
             if data_secret:

@@ -104,14 +104,14 @@ class Runtime:
 
     # -- intake -----------------------------------------------------------------------------
     def enqueue(self, key: Key) -> None:
-        if key[0] not in self._by_rkey:
-            return
+        if not self._tasks or key[0] not in self._by_rkey:
+            return  # not running: start() queues everything anyway
         self._pending[key] = None
         self._idle.clear()
         self._wake.set()
 
     def enqueue_after(self, key: Key, delay: float) -> None:
-        if self._loop is None:
+        if self._loop is None or not self._tasks:
             return
         when = self._loop.time() + delay
         handle = self._timers.get(key)
@@ -226,7 +226,7 @@ class Runtime:
         rt = self.registry.type_of(rk)
         if reconciler is None or rt is None:
             return
-        obj = self.ctx.api._get(rt, ns or None, name)
+        obj = self.ctx.api.get_typed(rt, ns or None, name)
         if obj is None:
             return
         try:

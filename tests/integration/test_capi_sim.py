@@ -9,6 +9,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -134,6 +136,7 @@ class Env:
     server: ApiServer
     sim: CapiSimulator
     kube: Kube
+    switch: dict[str, bool]
 
     async def namespace(self, name: str) -> str:
         await self.kube.core.create_namespace(client.V1Namespace(
@@ -150,14 +153,16 @@ async def env() -> AsyncIterator[Env]:
                        never_ready=lambda m: labels(m).get(NEVER_READY) == "true")
     # The "workload cluster" of namespace `self` is served by this very apiserver, so that the
     # kubeconfig Secret can be proven to work; other clusters get a placeholder URL.
+    switch = {"active": True}
     sim = CapiSimulator(server.registry, config=config,
-                        workload_server=lambda ns, name: server.url if ns == "self" else None)
+                        workload_server=lambda ns, name: server.url if ns == "self" else None,
+                        active=lambda: switch["active"])
     sim.start()
     cfg = client.Configuration()
     cfg.host = server.url
     try:
         async with ApiClient(cfg) as api:
-            yield Env(server, sim, Kube(api))
+            yield Env(server, sim, Kube(api), switch)
     finally:
         await sim.stop()
         await server.stop()
@@ -326,7 +331,7 @@ async def test_control_plane_initializes_and_scales(env: Env) -> None:
 
     # Cluster-wide secrets, exactly the names clusterctl move looks for.
     for suffix in ("ca", "etcd", "sa", "proxy", "kubeconfig"):
-        secret = await eventually(lambda s=suffix: kube.secret(ns, f"alpha-{s}"))
+        secret = await eventually(partial(kube.secret, ns, f"alpha-{suffix}"))
         assert secret.type == "cluster.x-k8s.io/secret"
         assert secret.metadata.labels[CLUSTER_LABEL] == "alpha"
         [sref] = secret.metadata.owner_references
@@ -636,3 +641,78 @@ async def test_deleting_cluster_deletes_everything_below_it(env: Env) -> None:
         assert await kube.secret(ns, "eta-kubeconfig") is None
         return True
     await eventually(gone)
+
+
+async def test_control_plane_rolls_out_on_template_change_and_rollout_after(env: Env) -> None:
+    kube = env.kube
+    ns = await env.namespace("rollout")
+    await create_all(kube, ns, dev_cluster("theta"))
+    [first] = await wait_replicas(kube, ns, cp_selector("theta"), 1)
+
+    # A new infrastructure template replaces the Machine.
+    template = dev_cluster("theta")[1]
+    template["metadata"]["name"] = "theta-cp-v2"
+    await kube.create(ns, template)
+    await kube.patch("KubeadmControlPlane", ns, "theta-cp", {"spec": {"machineTemplate": {
+        "spec": {"infrastructureRef": ref(INFRA, "DevMachineTemplate", "theta-cp-v2")}}}})
+
+    async def replaced(old: dict[str, Any]) -> dict[str, Any]:
+        [m] = await wait_replicas(kube, ns, cp_selector("theta"), 1)
+        assert m["metadata"]["uid"] != old["metadata"]["uid"]
+        return m
+    second = await eventually(lambda: replaced(first))
+    infra = await kube.get("DevMachine", ns, second["metadata"]["name"])
+    assert infra["metadata"]["annotations"]["cluster.x-k8s.io/cloned-from-name"] == "theta-cp-v2"
+
+    # spec.rollout.after: Machines created before it are replaced once it has passed.
+    created = datetime.fromisoformat(second["metadata"]["creationTimestamp"].replace("Z",
+                                                                                     "+00:00"))
+    after = (created + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await kube.patch("KubeadmControlPlane", ns, "theta-cp", {"spec": {"rollout": {
+        "after": after}}})
+    third = await eventually(lambda: replaced(second))
+    assert third["metadata"]["creationTimestamp"] >= after
+
+
+async def test_half_formed_objects_wait_for_what_they_reference(env: Env) -> None:
+    kube = env.kube
+    ns = await env.namespace("late")
+    cluster = dev_cluster("iota")
+    cp_template = cluster.pop(1)
+    md_objs = workers("iota", "iota-md", 2)
+    md_templates, md = md_objs[:2], md_objs[2]
+    # A Machine pointing at kinds nobody serves, and a MachineDeployment without templates.
+    stray = {"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+             "metadata": {"name": "stray"},
+             "spec": {"clusterName": "iota", "bootstrap": {"dataSecretName": "none"},
+                      "infrastructureRef": ref("example.invalid", "NoSuchMachine", "stray")}}
+    await create_all(kube, ns, [*cluster, md, stray])
+
+    async def infra_provisioned() -> bool:
+        c = await kube.get("Cluster", ns, "iota")
+        return bool(c.get("status", {}).get("initialization", {}).get("infrastructureProvisioned"))
+    await eventually(infra_provisioned)
+    await env.sim.wait_idle()
+    assert [m["metadata"]["name"] for m in await kube.list("Machine", ns)] == ["stray"]
+    s = (await kube.get("Machine", ns, "stray"))["status"]
+    assert s["phase"] == "Provisioning"
+    assert cond({"status": s}, "InfrastructureReady")["reason"] == "ObjectDoesNotExist"
+
+    await create_all(kube, ns, [cp_template, *md_templates])
+    await wait_replicas(kube, ns, cp_selector("iota"), 1)
+    await wait_replicas(kube, ns, md_selector("iota-md"), 2)
+
+
+async def test_inactive_controllers_do_nothing_until_active(env: Env) -> None:
+    kube = env.kube
+    ns = await env.namespace("inactive")
+    env.switch["active"] = False
+    try:
+        await create_all(kube, ns, dev_cluster("kappa"))
+        await env.sim.wait_idle()
+        c = await kube.get("Cluster", ns, "kappa")
+        assert "status" not in c and "finalizers" not in c["metadata"]
+        assert await kube.list("Machine", ns) == []
+    finally:
+        env.switch["active"] = True
+    await wait_replicas(kube, ns, cp_selector("kappa"), 1)  # picked up by the resync
