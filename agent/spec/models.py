@@ -1,0 +1,205 @@
+"""ClusterSpec: the desired state of one edge cluster, the contract between gateway and agent.
+
+Frozen and strict (`extra="forbid"`): a field the agent does not understand is an error, never
+silently ignored, because an agent running unattended for years must not half-apply a spec written
+for a newer agent. camelCase on the wire, snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+SEMVER = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+SSH_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
+    r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?$"
+)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel,
+                              populate_by_name=True, str_strip_whitespace=False)
+
+
+def _dns_label(max_len: int) -> AfterValidator:
+    def check(value: str) -> str:
+        if len(value) > max_len or not DNS_LABEL.match(value):
+            raise ValueError(
+                f"must be a DNS-1123 label of at most {max_len} characters: lower-case letters, "
+                "digits and '-', starting and ending with a letter or digit"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _semver(value: str) -> str:
+    if not SEMVER.match(value):
+        raise ValueError("must be a Kubernetes version like v1.35.2 (leading v, three numbers)")
+    return value
+
+
+def _ssh_key(value: str) -> str:
+    if not SSH_KEY.match(value.strip()):
+        raise ValueError("must be an OpenSSH public key line such as 'ssh-ed25519 AAAA... "
+                         "user@host' (private keys and other formats are refused)")
+    return value.strip()
+
+
+ClusterName = Annotated[str, _dns_label(40)]
+PoolName = Annotated[str, _dns_label(20)]
+Namespace = Annotated[str, _dns_label(63)]
+KubeVersion = Annotated[str, AfterValidator(_semver)]
+SshKey = Annotated[str, AfterValidator(_ssh_key)]
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    m = SEMVER.match(version)
+    if not m:
+        raise ValueError(f"not a Kubernetes version: {version!r}")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+# -- infrastructure ------------------------------------------------------------------------
+class VSphereInfrastructure(Model):
+    """Where vSphere machines go; credentials are referenced by identity, never inlined."""
+
+    provider: Literal["vsphere"]
+    server: Annotated[str, Field(min_length=1, max_length=253)]
+    datacenter: Annotated[str, Field(min_length=1)]
+    datastore: Annotated[str, Field(min_length=1)]
+    network: Annotated[str, Field(min_length=1)]
+    folder: str | None = None
+    resource_pool: str | None = None
+    thumbprint: str | None = None
+    identity_name: Annotated[str, Field(min_length=1)] = Field(
+        description="VSphereClusterIdentity holding the credentials")
+    control_plane_endpoint: Annotated[str, Field(min_length=1)] = Field(
+        description="virtual IP or DNS name of the API server")
+
+
+class DevInfrastructure(Model):
+    """CAPI's development provider, for local runs and the testbed."""
+
+    provider: Literal["dev"]
+
+
+Infrastructure = Annotated[VSphereInfrastructure | DevInfrastructure,
+                           Field(discriminator="provider")]
+
+
+class VSphereMachine(Model):
+    provider: Literal["vsphere"]
+    template: Annotated[str, Field(min_length=1, description="VM template to clone")]
+    num_cpus: Annotated[int, Field(ge=1, le=128)] = 2
+    memory_mib: Annotated[int, Field(ge=1024, le=4_194_304)] = 4096
+    disk_gib: Annotated[int, Field(ge=10, le=65_536)] = 40
+
+
+class DevMachine(Model):
+    provider: Literal["dev"]
+    image: str | None = None
+
+
+MachineTemplate = Annotated[VSphereMachine | DevMachine, Field(discriminator="provider")]
+
+
+# -- topology ------------------------------------------------------------------------------
+class ControlPlane(Model):
+    replicas: Literal[1, 3, 5] = Field(
+        description="1, 3 or 5: stacked etcd needs an odd number of members")
+    machine: MachineTemplate
+
+
+class WorkerPool(Model):
+    name: PoolName
+    replicas: Annotated[int, Field(ge=0, le=1000)]
+    machine: MachineTemplate
+    version: KubeVersion | None = Field(
+        default=None, description="defaults to the cluster's Kubernetes version")
+
+
+class Addon(Model):
+    name: Annotated[str, _dns_label(63)]
+    version: Annotated[str, Field(min_length=1)]
+    order: Annotated[int, Field(ge=0, le=1000)] = 0
+    namespace: Namespace | None = None
+    manifests: tuple[dict[str, object], ...] = ()
+
+    @model_validator(mode="after")
+    def _manifests_are_objects(self) -> Addon:
+        for i, m in enumerate(self.manifests):
+            meta = m.get("metadata")
+            if not (m.get("apiVersion") and m.get("kind") and isinstance(meta, dict)
+                    and meta.get("name")):
+                raise ValueError(f"manifests[{i}] must have apiVersion, kind and metadata.name")
+        return self
+
+
+class ClusterProfile(Model):
+    name: Annotated[str, _dns_label(63)]
+    version: Annotated[str, Field(min_length=1)]
+    addons: tuple[Addon, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_addons(self) -> ClusterProfile:
+        names = [a.name for a in self.addons]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"add-on names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class CertificatePolicy(Model):
+    rotate_before_days: Annotated[int, Field(ge=7, le=365)] = 30
+    rotate_after: datetime | None = Field(
+        default=None, description="on-demand rotation: machines created before this are rolled")
+
+
+class ClusterSpec(Model):
+    cluster_name: ClusterName
+    namespace: Namespace = "default"
+    revision: Annotated[int, Field(ge=1)]
+    kubernetes_version: KubeVersion
+    infrastructure: Infrastructure
+    control_plane: ControlPlane
+    workers: tuple[WorkerPool, ...] = ()
+    profile: ClusterProfile | None = None
+    certificates: CertificatePolicy = CertificatePolicy()
+    ssh_authorized_keys: tuple[SshKey, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterSpec:
+        provider = self.infrastructure.provider
+        machines = [("controlPlane.machine", self.control_plane.machine)] + [
+            (f"workers[{w.name}].machine", w.machine) for w in self.workers]
+        for where, m in machines:
+            if m.provider != provider:
+                raise ValueError(f"{where}.provider is {m.provider!r} but the infrastructure "
+                                 f"provider is {provider!r}")
+        names = [w.name for w in self.workers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"worker pool names must be unique; repeated: {', '.join(dupes)}")
+        cp = version_tuple(self.kubernetes_version)
+        for w in self.workers:
+            if w.version is None:
+                continue
+            wv = version_tuple(w.version)
+            if wv > cp:
+                raise ValueError(f"workers[{w.name}].version {w.version} is newer than the "
+                                 f"control plane {self.kubernetes_version}: workers may never "
+                                 "run ahead of the control plane")
+            if wv[0] != cp[0] or cp[1] - wv[1] > 3:
+                raise ValueError(f"workers[{w.name}].version {w.version} is more than three "
+                                 f"minor versions behind {self.kubernetes_version}")
+        return self
+
+    def pool_version(self, pool: WorkerPool) -> str:
+        return pool.version or self.kubernetes_version

@@ -1,0 +1,47 @@
+"""StatusReport: what an agent tells the management plane about its cluster."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .models import Model
+
+Phase = Literal["Pending", "Applying", "Converged", "Degraded"]
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: datetime
+
+
+class ReplicaStatus(Model):
+    desired: Annotated[int, Field(ge=0)]
+    ready: Annotated[int, Field(ge=0)] = 0
+    up_to_date: Annotated[int, Field(ge=0)] = 0
+    version: str | None = None
+
+
+class PoolStatus(ReplicaStatus):
+    name: str
+
+
+class StatusReport(Model):
+    cluster: str
+    observed_revision: Annotated[int, Field(ge=0)] = Field(
+        description="newest revision received, accepted or not")
+    applied_revision: Annotated[int, Field(ge=0)] = Field(
+        description="newest revision the cluster has converged to")
+    phase: Phase
+    conditions: tuple[Condition, ...] = ()
+    control_plane: ReplicaStatus | None = None
+    workers: tuple[PoolStatus, ...] = ()
+    last_error: str | None = None
+    connected: bool
+    agent_version: str
+    reported_at: datetime
