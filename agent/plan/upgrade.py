@@ -1,0 +1,66 @@
+"""Kubernetes upgrade policy: control plane first, one minor at a time, never down, never newer
+workers than the control plane, never interrupt a rollout in progress."""
+
+from __future__ import annotations
+
+from agent.spec import version_tuple
+
+from .types import Obj
+
+
+def next_step(current: str, target: str) -> str | None:
+    """The next version on the way from `current` to `target`; None when nothing is to be done
+    (already there, or `target` is older: downgrades are refused by the caller's note)."""
+    cur, tgt = version_tuple(current), version_tuple(target)
+    if tgt <= cur:
+        return None
+    if tgt[0] != cur[0] or tgt[1] <= cur[1] + 1:
+        return target
+    # More than one minor ahead: stop at the next minor's first release, as kubeadm requires.
+    return f"v{cur[0]}.{cur[1] + 1}.0"
+
+
+def is_downgrade(current: str, target: str) -> bool:
+    return version_tuple(target) < version_tuple(current)
+
+
+def _int(obj: Obj, *path: str) -> int | None:
+    cur: object = obj
+    for p in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(p)
+    return cur if isinstance(cur, int) and not isinstance(cur, bool) else None
+
+
+def rollout_settled(obj: Obj) -> bool:
+    """A KCP or MachineDeployment whose machines all match its spec: safe to change it again."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != meta.get("generation"):
+        return False
+    want = _int(obj, "spec", "replicas")
+    want = 1 if want is None else want
+    return (_int(obj, "status", "replicas") == want
+            and _int(obj, "status", "upToDateReplicas") == want
+            and _int(obj, "status", "readyReplicas") == want)
+
+
+def running_version(kcp: Obj) -> str | None:
+    """The oldest version any control-plane machine runs (status.version), if reported."""
+    v = (kcp.get("status") or {}).get("version")
+    return v if isinstance(v, str) else None
+
+
+def worker_version(target: str, current: str | None, control_plane: str | None) -> str | None:
+    """The version a pool may run now: toward `target`, one minor at a time, never past the
+    version the whole control plane already runs. None when the pool must wait."""
+    ceiling = control_plane
+    if ceiling is None:
+        return current
+    goal = target if version_tuple(target) <= version_tuple(ceiling) else ceiling
+    if current is None:
+        return goal
+    if is_downgrade(current, goal):
+        return current
+    return next_step(current, goal) or current
