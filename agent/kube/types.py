@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -51,7 +51,7 @@ class KubeClient(Protocol):
 
     def watch(self, res: Resource, namespace: str | None = None, *,
               label_selector: str | None = None, resource_version: str | None = None,
-              timeout_seconds: int = 300) -> AsyncIterator[WatchEvent]:
+              timeout_seconds: int = 300) -> AsyncGenerator[WatchEvent, None]:
         """Events after `resource_version`; ends when the server ends the stream; raises Gone."""
         ...
 
