@@ -16,6 +16,7 @@ from testbed.apiserver.errors import ApiError
 from testbed.apiserver.registry import Registry
 from testbed.apiserver.resources import ResourceType
 
+from .conditions import with_conditions
 from .util import (
     BOOTSTRAP_GROUP,
     CLUSTER_NAME_LABEL,
@@ -23,9 +24,15 @@ from .util import (
     CORE_GROUP,
     VERSION,
     Obj,
+    api_group,
+    children,
+    claimed,
+    deleting,
     dig,
     labels,
     meta,
+    owner_of_kind,
+    owner_refs,
 )
 
 log = logging.getLogger(__name__)
@@ -78,11 +85,7 @@ class Api:
 
     def get_typed(self, rt: ResourceType, ns: str | None, name: str) -> Obj | None:
         obj = self.registry.store.get(rt.key, (ns or "", name))
-        if obj is None:
-            return None
-        obj["apiVersion"] = rt.api_version()
-        obj["kind"] = rt.kind
-        return obj
+        return _typed(rt, obj) if obj is not None else None
 
     def get_ref(self, ref: Any, ns: str | None) -> Obj | None:
         """The object a v1beta2 ContractVersionedObjectReference ({apiGroup, kind, name}) names."""
@@ -96,16 +99,20 @@ class Api:
 
     def list_of(self, kind: Kind, ns: str | None = None) -> list[Obj]:
         rt = self.type(kind)
-        return self.list_type(rt, ns) if rt is not None else []
+        if rt is None:
+            return []
+        return [_typed(rt, copy.deepcopy(o)) for o in self.registry.store.items(rt.key, ns)]
 
-    def list_type(self, rt: ResourceType, ns: str | None = None) -> list[Obj]:
-        out = []
-        for obj in self.registry.store.items(rt.key, ns):
-            o = copy.deepcopy(obj)
-            o["apiVersion"] = rt.api_version()
-            o["kind"] = rt.kind
-            out.append(o)
-        return out
+    def children(self, kind: Kind, owner: Obj) -> list[Obj]:
+        """The objects of a kind that owner controls, oldest first."""
+        return children(self.list_of(kind, meta(owner).get("namespace", "")), owner)
+
+    def machine_of(self, part: Obj) -> Obj | None:
+        """The Machine owning an infra machine or bootstrap config (None until one does)."""
+        ref = owner_of_kind(part, "Machine")
+        if ref is None:
+            return None
+        return self.get(MACHINES, meta(part).get("namespace"), str(ref.get("name", "")))
 
     def iter_keys(self, rt: ResourceType, ns: str | None = None) -> Iterator[tuple[str, str]]:
         for obj in self.registry.store.items(rt.key, ns):
@@ -118,13 +125,12 @@ class Api:
         ns = meta(obj).get("namespace")
         name = dig(obj, "spec", "clusterName") or labels(obj).get(CLUSTER_NAME_LABEL)
         if not name:
-            ref = next((r for r in meta(obj).get("ownerReferences") or []
-                        if isinstance(r, dict) and r.get("kind") == "Cluster"
+            ref = next((r for r in owner_refs(obj) if r.get("kind") == "Cluster"
                         and str(r.get("apiVersion", "")).startswith(CORE_GROUP + "/")), None)
             name = ref.get("name") if ref else None
         if isinstance(name, str) and name:
             return self.get(CLUSTERS, ns, name)
-        group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+        group = api_group(obj)
         for cluster in self.list_of(CLUSTERS, ns):
             for field in ("infrastructureRef", "controlPlaneRef"):
                 ref = dig(cluster, "spec", field)
@@ -158,6 +164,19 @@ class Api:
             self._log(e, "update status of" if status else "update", rt, meta(obj).get("name"))
             return None
 
+    def update_spec(self, obj: Obj, **fields: object) -> Obj | None:
+        """Write obj with these top-level spec fields set; None on any API error."""
+        new = copy.deepcopy(obj)
+        new.setdefault("spec", {}).update(copy.deepcopy(fields))
+        return self.update(new)
+
+    def claim(self, obj: Obj, owner: Obj | None = None, *, controller: bool = False,
+              cluster: str | None = None, finalizer: str | None = None) -> Obj | None:
+        """Make obj owned, labelled and finalized as `claimed` says. Returns the written object,
+        obj itself when nothing needed writing, None when the write failed."""
+        new = claimed(obj, owner, controller=controller, cluster=cluster, finalizer=finalizer)
+        return obj if new is None else self.update(new)
+
     def set_status(self, obj: Obj, status: Obj) -> Obj | None:
         """Write status only when it differs: a converged object costs no write."""
         if obj.get("status") == status:
@@ -166,9 +185,14 @@ class Api:
         new["status"] = status
         return self.update(new, status=True)
 
+    def set_conditions(self, obj: Obj, conds: list[Obj], **fields: object) -> Obj | None:
+        """Merge conds into obj's status and set these status fields, keeping all others."""
+        status = {**(obj.get("status") or {}), **fields}
+        return self.set_status(obj, with_conditions(status, obj, conds))
+
     def delete(self, obj: Obj) -> bool:
         rt = self._rt_of(obj)
-        if rt is None or meta(obj).get("deletionTimestamp"):
+        if rt is None or deleting(obj):
             return False
         try:
             self.registry.delete(rt, meta(obj).get("namespace"), meta(obj)["name"],
@@ -179,14 +203,19 @@ class Api:
         return True
 
     def _rt_of(self, obj: Obj) -> ResourceType | None:
-        api_version = str(obj.get("apiVersion", ""))
-        group = api_version.rpartition("/")[0]
-        rt = self.type_of_kind(group, str(obj.get("kind", "")))
+        rt = self.type_of_kind(api_group(obj), str(obj.get("kind", "")))
         if rt is None:
-            log.warning("no served type for %s %s", api_version, obj.get("kind"))
+            log.warning("no served type for %s %s", obj.get("apiVersion"), obj.get("kind"))
         return rt
 
     @staticmethod
     def _log(e: ApiError, verb: str, rt: ResourceType, name: Any) -> None:
         level = logging.DEBUG if e.code in (404, 409) else logging.WARNING
         log.log(level, "%s %s %s: %s %s", verb, rt.kind, name, e.code, e.message)
+
+
+def _typed(rt: ResourceType, obj: Obj) -> Obj:
+    """A stored object as clients see it: stamped with the served apiVersion and kind."""
+    obj["apiVersion"] = rt.api_version()
+    obj["kind"] = rt.kind
+    return obj

@@ -9,22 +9,15 @@ addresses and `status.initialization.provisioned`.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import uuid
+from typing import Any
 from urllib.parse import urlsplit
 
-from .api import MACHINES
-from .runtime import Context
-from .util import (
-    INFRA_GROUP,
-    Obj,
-    condition,
-    dig,
-    meta,
-    owner_of_kind,
-    with_conditions,
-)
+from .api import Api
+from .conditions import condition
+from .runtime import Context, Reconciler
+from .util import INFRA_GROUP, Obj, deleting, dig, meta, owner_of_kind
 
 INFRA_CLUSTERS = ((INFRA_GROUP, "devclusters"), (INFRA_GROUP, "vsphereclusters"))
 INFRA_MACHINES = ((INFRA_GROUP, "devmachines"), (INFRA_GROUP, "vspheremachines"))
@@ -41,40 +34,35 @@ def endpoint_for(ctx: Context, ns: str, cluster: str) -> tuple[str, int]:
     return f"{cluster}.{ns}.cluster.invalid", 6443
 
 
-class InfraClusterReconciler:
+def _report_provisioned(api: Api, obj: Obj, **status: Any) -> None:
+    """The status both contracts ask for once the infrastructure is up."""
+    api.set_conditions(obj, [condition("Ready", True, "Ready"),
+                             condition("Paused", False, "NotPaused")],
+                       initialization={"provisioned": True}, **status)
+
+
+class InfraClusterReconciler(Reconciler):
     kinds = INFRA_CLUSTERS
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
     def reconcile(self, obj: Obj) -> float | None:
-        api = self.ctx.api
-        if meta(obj).get("deletionTimestamp"):
+        if deleting(obj):
             return None
-        cluster = api.cluster_of(obj)
+        cluster = self.api.cluster_of(obj)
         if cluster is None:
             return None  # a provider waits for the Cluster that uses this object
-        provisioned = dig(obj, "status", "initialization", "provisioned") is True
-        if not provisioned:
-            left = self.ctx.timers.remaining(meta(obj)["uid"], "provision",
-                                             self.ctx.config.provision_delay)
+        if dig(obj, "status", "initialization", "provisioned") is not True:
+            left = self.remaining(obj, "provision", self.ctx.config.provision_delay)
             if left > 0:
                 return left
-        owner = owner_of_kind(obj, "Cluster")
-        if not dig(obj, "spec", "controlPlaneEndpoint", "host") and owner is not None:
+        if not dig(obj, "spec", "controlPlaneEndpoint", "host") and \
+                owner_of_kind(obj, "Cluster") is not None:
             host, port = endpoint_for(self.ctx, meta(obj).get("namespace", ""),
                                       meta(cluster)["name"])
-            new = copy.deepcopy(obj)
-            new.setdefault("spec", {})["controlPlaneEndpoint"] = {"host": host, "port": port}
-            updated = api.update(new)
+            updated = self.api.update_spec(obj, controlPlaneEndpoint={"host": host, "port": port})
             if updated is None:
                 return self.ctx.config.step_delay
             obj = updated
-        status = dict(obj.get("status") or {})
-        status["initialization"] = {"provisioned": True}
-        with_conditions(status, obj, [condition("Ready", True, "Ready"),
-                                      condition("Paused", False, "NotPaused")])
-        api.set_status(obj, status)
+        _report_provisioned(self.api, obj)
         return None
 
 
@@ -93,48 +81,34 @@ def provider_id(obj: Obj) -> str:
     return f"in-memory://{name}"
 
 
-class InfraMachineReconciler:
+class InfraMachineReconciler(Reconciler):
     kinds = INFRA_MACHINES
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
     def reconcile(self, obj: Obj) -> float | None:
-        api = self.ctx.api
-        if meta(obj).get("deletionTimestamp"):
+        if deleting(obj):
             return None
-        ref = owner_of_kind(obj, "Machine")
-        if ref is None:
-            return None  # waits for its Machine to own it
-        machine = api.get(MACHINES, meta(obj).get("namespace"), str(ref.get("name", "")))
+        machine = self.api.machine_of(obj)  # waits for its Machine to own it
         if machine is None:
             return None
-        cluster = api.cluster_of(machine)
         if dig(obj, "status", "initialization", "provisioned") is not True:
+            cluster = self.api.cluster_of(machine)
             if cluster is None or dig(cluster, "status", "initialization",
                                       "infrastructureProvisioned") is not True:
                 return None  # WaitingForClusterInfrastructureReady
             if not dig(machine, "spec", "bootstrap", "dataSecretName"):
                 return None  # WaitingForBootstrapData
             cfg = self.ctx.config
-            left = self.ctx.timers.remaining(meta(obj)["uid"], "provision",
-                                             cfg.step_delay + cfg.provision_delay)
+            left = self.remaining(obj, "provision", cfg.step_delay + cfg.provision_delay)
             if left > 0:
                 return left
         if not dig(obj, "spec", "providerID"):
-            new = copy.deepcopy(obj)
-            new.setdefault("spec", {})["providerID"] = provider_id(obj)
-            updated = api.update(new)
+            updated = self.api.update_spec(obj, providerID=provider_id(obj))
             if updated is None:
                 return self.ctx.config.step_delay
             obj = updated
-        status = dict(obj.get("status") or {})
-        status["initialization"] = {"provisioned": True}
-        status["addresses"] = [{"type": "InternalIP", "address": _address(meta(obj)["uid"])},
-                               {"type": "Hostname", "address": meta(obj)["name"]}]
+        status: Obj = {"addresses": [{"type": "InternalIP", "address": _address(meta(obj)["uid"])},
+                                     {"type": "Hostname", "address": meta(obj)["name"]}]}
         if obj.get("kind") == "DevMachine" and dig(machine, "spec", "failureDomain"):
             status["failureDomain"] = machine["spec"]["failureDomain"]
-        with_conditions(status, obj, [condition("Ready", True, "Ready"),
-                                      condition("Paused", False, "NotPaused")])
-        api.set_status(obj, status)
+        _report_provisioned(self.api, obj, **status)
         return None

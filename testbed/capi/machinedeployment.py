@@ -15,27 +15,25 @@ import math
 from typing import Any
 
 from .api import MACHINEDEPLOYMENTS, MACHINES, MACHINESETS
-from .machineset import owned_machines, replicas_of
-from .runtime import Context
+from .conditions import flag, is_true, with_conditions
+from .replicas import replica_conditions, replica_status, replicas_of
+from .runtime import Reconciler
 from .util import (
     CLUSTER_NAME_LABEL,
+    CORE_GROUP,
     DEPLOYMENT_NAME_LABEL,
     TEMPLATE_HASH_LABEL,
+    VERSION,
     Obj,
-    condition,
-    created_key,
+    children,
     deleting,
     dig,
-    is_true,
     label_value,
     labels,
     meta,
-    owned_by,
+    owner_ref,
     selector_string,
     spec_hash,
-    version_key,
-    with_conditions,
-    with_owner,
 )
 
 
@@ -53,99 +51,107 @@ def scaled(value: Any, total: int, round_up: bool, default: int) -> int:
     return default
 
 
-class MachineDeploymentReconciler:
+def _budget(md: Obj) -> tuple[int, int]:
+    """(maxSurge, maxUnavailable) as numbers of Machines; never both 0."""
+    strategy = dig(md, "spec", "rollout", "strategy", "rollingUpdate") or {}
+    desired = replicas_of(md)
+    surge = scaled(strategy.get("maxSurge"), desired, True, 1)
+    unavailable = scaled(strategy.get("maxUnavailable"), desired, False, 0)
+    return (1 if surge == 0 and unavailable == 0 else surge), unavailable
+
+
+def _available(machines: list[Obj]) -> list[Obj]:
+    return [m for m in machines if not deleting(m) and is_true(m, "Available")]
+
+
+class _Revisions:
+    """A MachineDeployment's MachineSets (oldest first) and their Machines as of one read, so
+    that rollout and status agree on which set is current and what each one holds."""
+
+    def __init__(self, md: Obj, sets: list[Obj], all_machines: list[Obj]) -> None:
+        self.template_hash = spec_hash(dig(md, "spec", "template", "spec"))
+        self.sets = sets
+        self.new = next((s for s in sets
+                         if labels(s).get(TEMPLATE_HASH_LABEL) == self.template_hash), None)
+        self.olds = [s for s in sets if s is not self.new]
+        self._machines = {meta(s)["uid"]: children(all_machines, s) for s in sets}
+        self.machines = [m for s in sets for m in self.of(s)]
+
+    def of(self, ms: Obj) -> list[Obj]:
+        """The Machines a set controls, oldest first."""
+        return self._machines[meta(ms)["uid"]]
+
+
+class MachineDeploymentReconciler(Reconciler):
     kinds = (MACHINEDEPLOYMENTS,)
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
     def reconcile(self, md: Obj) -> float | None:
-        api = self.ctx.api
+        api = self.api
         if deleting(md):
             return None  # its MachineSets (and so Machines) go through garbage collection
         cluster = api.cluster_of(md)
         if cluster is None:
             return None
-        md = self._adopt(md, cluster) or md
-        ns = meta(md).get("namespace", "")
-        template_hash = spec_hash(dig(md, "spec", "template", "spec"))
-        sets = sorted((s for s in api.list_of(MACHINESETS, ns) if owned_by(s, md, True)),
-                      key=created_key)
-        all_machines = api.list_of(MACHINES, ns)
+        # Owned by its Cluster and labelled with it, as the real controller ensures.
+        md = api.claim(md, cluster, cluster=meta(cluster)["name"]) or md
+        rev = self._revisions(md)
         if not dig(md, "spec", "paused"):
-            self._rollout(md, cluster, template_hash, sets, all_machines)
-            sets = sorted((s for s in api.list_of(MACHINESETS, ns) if owned_by(s, md, True)),
-                          key=created_key)
-            all_machines = api.list_of(MACHINES, ns)
-        self._write_status(md, template_hash, sets, all_machines)
+            self._rollout(md, cluster, rev)
+            rev = self._revisions(md)
+        self._write_status(md, rev)
         return None
 
-    def _adopt(self, md: Obj, cluster: Obj) -> Obj | None:
-        """Owned by its Cluster and labelled with it, as the real controller ensures."""
-        new = with_owner(md, cluster)
-        if new is None and labels(md).get(CLUSTER_NAME_LABEL) == meta(cluster)["name"]:
-            return None
-        new = new or copy.deepcopy(md)
-        new["metadata"].setdefault("labels", {})[CLUSTER_NAME_LABEL] = meta(cluster)["name"]
-        return self.ctx.api.update(new)
+    def _revisions(self, md: Obj) -> _Revisions:
+        ns = meta(md).get("namespace", "")
+        return _Revisions(md, self.api.children(MACHINESETS, md), self.api.list_of(MACHINES, ns))
 
     # -- rollout ----------------------------------------------------------------------------
-    def _rollout(self, md: Obj, cluster: Obj, template_hash: str, sets: list[Obj],
-                 all_machines: list[Obj]) -> None:
-        api = self.ctx.api
+    def _rollout(self, md: Obj, cluster: Obj, rev: _Revisions) -> None:
+        api = self.api
         desired = replicas_of(md)
-        new = next((s for s in sets if labels(s).get(TEMPLATE_HASH_LABEL) == template_hash),
-                   None)
-        olds = [s for s in sets if s is not new]
+        new = rev.new
         if new is None:
             api.create(MACHINESETS, meta(md).get("namespace", ""),
-                       self._machineset(md, cluster, template_hash, 0 if olds else desired))
+                       self._machineset(md, cluster, rev.template_hash,
+                                        0 if rev.olds else desired))
             return
-        if not olds:
+        if not rev.olds:
             if replicas_of(new) != desired:
                 self._set_replicas(new, desired)
             return
-        strategy = dig(md, "spec", "rollout", "strategy", "rollingUpdate") or {}
-        surge = scaled(strategy.get("maxSurge"), desired, True, 1)
-        unavailable = scaled(strategy.get("maxUnavailable"), desired, False, 0)
-        if surge == 0 and unavailable == 0:
-            surge = 1
-        machines = [m for s in sets for m in owned_machines(all_machines, s)]
-        spec_total = sum(replicas_of(s) for s in sets)
-        settled = not any(deleting(m) for m in machines) and len(machines) <= spec_total
+        surge, unavailable = _budget(md)
+        spec_total = sum(replicas_of(s) for s in rev.sets)
+        settled = not any(deleting(m) for m in rev.machines) and len(rev.machines) <= spec_total
         if replicas_of(new) > desired:
             self._set_replicas(new, desired)
             return
         if settled and replicas_of(new) < desired and spec_total < desired + surge:
             self._set_replicas(new, replicas_of(new) + 1)
             return
-        available = [m for m in machines if not deleting(m) and is_true(m, "Available")]
-        for old in olds:
+        available = _available(rev.machines)
+        for old in rev.olds:
             have = replicas_of(old)
             if have == 0:
-                if not owned_machines(all_machines, old):
+                if not rev.of(old):
                     api.delete(old)
                 continue
-            old_ready = [m for m in owned_machines(all_machines, old)
-                         if not deleting(m) and is_true(m, "Available")]
-            if len(available) > desired - unavailable or len(old_ready) < have:
+            if len(available) > desired - unavailable or len(_available(rev.of(old))) < have:
                 self._set_replicas(old, have - 1)
                 return
 
     def _set_replicas(self, ms: Obj, n: int) -> None:
-        new = copy.deepcopy(ms)
-        new["spec"]["replicas"] = max(n, 0)
-        self.ctx.api.update(new)
+        self.api.update_spec(ms, replicas=max(n, 0))
 
     def _machineset(self, md: Obj, cluster: Obj, template_hash: str, replicas: int) -> Obj:
+        """The MachineSet of the current template revision."""
         name = meta(md)["name"]
         cname = meta(cluster)["name"]
         spec = md.get("spec") or {}
         template = copy.deepcopy(spec.get("template") or {})
         tmeta = template.setdefault("metadata", {})
-        added = {CLUSTER_NAME_LABEL: cname, DEPLOYMENT_NAME_LABEL: label_value(name),
-                 TEMPLATE_HASH_LABEL: template_hash}
-        tmeta["labels"] = {**(tmeta.get("labels") or {}), **added}
+        tmeta["labels"] = {**(tmeta.get("labels") or {}), CLUSTER_NAME_LABEL: cname,
+                           DEPLOYMENT_NAME_LABEL: label_value(name),
+                           TEMPLATE_HASH_LABEL: template_hash}
         selector = copy.deepcopy(spec.get("selector") or {})
         selector["matchLabels"] = {**(selector.get("matchLabels") or {}),
                                    TEMPLATE_HASH_LABEL: template_hash}
@@ -156,80 +162,39 @@ class MachineDeploymentReconciler:
         if spec.get("machineNaming"):
             ms_spec["machineNaming"] = copy.deepcopy(spec["machineNaming"])
         return {
-            "apiVersion": f"{MACHINESETS[0]}/v1beta2",
+            "apiVersion": f"{CORE_GROUP}/{VERSION}",
             "kind": "MachineSet",
-            "metadata": {"name": f"{name}-{template_hash}",
-                         "labels": {**(tmeta.get("labels") or {}), **added},
-                         "ownerReferences": [
-                             {"apiVersion": md["apiVersion"], "kind": md["kind"], "name": name,
-                              "uid": meta(md)["uid"], "controller": True,
-                              "blockOwnerDeletion": True}]},
+            "metadata": {"name": f"{name}-{template_hash}", "labels": dict(tmeta["labels"]),
+                         "ownerReferences": [owner_ref(md, controller=True)]},
             "spec": ms_spec,
         }
 
     # -- status -----------------------------------------------------------------------------
-    def _write_status(self, md: Obj, template_hash: str, sets: list[Obj],
-                      all_machines: list[Obj]) -> None:
+    def _write_status(self, md: Obj, rev: _Revisions) -> None:
         desired = replicas_of(md)
-        machines = [m for s in sets for m in owned_machines(all_machines, s)]
-        new = next((s for s in sets if labels(s).get(TEMPLATE_HASH_LABEL) == template_hash),
-                   None)
-        current = [m for m in owned_machines(all_machines, new) if not deleting(m)] \
-            if new is not None else []
-        ready = [m for m in machines if is_true(m, "Ready")]
-        available = [m for m in machines if is_true(m, "Available")]
-        strategy = dig(md, "spec", "rollout", "strategy", "rollingUpdate") or {}
-        unavailable = scaled(strategy.get("maxUnavailable"), desired, False, 0)
-        is_available = len(available) >= desired - unavailable
-        rolling = any(s is not new for s in sets)
+        machines = rev.machines
+        current = sum(not deleting(m) for m in rev.of(rev.new)) if rev.new is not None else 0
+        status = replica_status(
+            md, machines,
+            selector=selector_string(dig(md, "spec", "selector", "matchLabels") or {}),
+            up_to_date=current)
+        _, unavailable = _budget(md)
+        is_available = status["availableReplicas"] >= desired - unavailable
         if len(machines) > desired:
-            phase = "ScalingDown"
-        elif len(ready) < desired:
-            phase = "ScalingUp"
+            status["phase"] = "ScalingDown"
+        elif status["readyReplicas"] < desired:
+            status["phase"] = "ScalingUp"
         else:
-            phase = "Running"
-        status: Obj = {k: v for k, v in (md.get("status") or {}).items() if k == "conditions"}
-        status["selector"] = selector_string(dig(md, "spec", "selector", "matchLabels") or {})
-        status["replicas"] = len(machines)
-        status["readyReplicas"] = len(ready)
-        status["availableReplicas"] = len(available)
-        status["upToDateReplicas"] = len(current)
-        status["phase"] = phase
-        gen = meta(md).get("generation")
-        if isinstance(gen, int):
-            status["observedGeneration"] = gen
-        versions: dict[str, int] = {}
-        for m in machines:
-            v = dig(m, "spec", "version")
-            if isinstance(v, str) and v:
-                versions[v] = versions.get(v, 0) + 1
-        if versions:
-            status["versions"] = [{"version": v, "replicas": n}
-                                  for v, n in sorted(versions.items(),
-                                                     key=lambda kv: version_key(kv[0]))]
-        not_ready = sorted(meta(m)["name"] for m in machines if not is_true(m, "Ready"))
-        live = len([m for m in machines if not deleting(m)])
+            status["phase"] = "Running"
+        rolling = bool(rev.olds)
         conds = [
-            condition("Available", is_available,
-                      "Available" if is_available else "NotAvailable",
-                      "" if is_available else
-                      f"{len(available)} available replicas, at least {desired - unavailable} "
-                      "required"),
-            condition("MachinesReady", not not_ready,
-                      ("Ready" if machines else "NoReplicas") if not not_ready else "NotReady",
-                      "" if not not_ready else "Not ready: " + ", ".join(not_ready)),
-            condition("MachinesUpToDate", not rolling, "UpToDate" if not rolling
-                      else "NotUpToDate"),
-            condition("RollingOut", rolling, "RollingOut" if rolling else "NotRollingOut"),
-            condition("ScalingUp", live < desired,
-                      "ScalingUp" if live < desired else "NotScalingUp",
-                      f"Scaling up from {live} to {desired} replicas" if live < desired else ""),
-            condition("ScalingDown", len(machines) > desired,
-                      "ScalingDown" if len(machines) > desired else "NotScalingDown",
-                      f"Scaling down from {len(machines)} to {desired} replicas"
-                      if len(machines) > desired else ""),
-            condition("Remediating", False, "NotRemediating"),
-            condition("Deleting", False, "NotDeleting"),
-            condition("Paused", False, "NotPaused"),
+            flag("Available", is_available, "Available", "" if is_available else
+                 f"{status['availableReplicas']} available replicas, at least "
+                 f"{desired - unavailable} required"),
+            *replica_conditions(
+                machines, desired, up_from=sum(not deleting(m) for m in machines),
+                down_from=len(machines),
+                rollout=[flag("MachinesUpToDate", not rolling, "UpToDate"),
+                         flag("RollingOut", rolling, "RollingOut")]),
         ]
-        self.ctx.api.set_status(md, with_conditions(status, md, conds))
+        self.api.set_status(md, with_conditions(status, md, conds))

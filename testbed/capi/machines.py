@@ -18,27 +18,32 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import MACHINES
-from .runtime import Context
+from .api import MACHINES, Api
+from .conditions import condition, flag, with_conditions
+from .runtime import Context, Reconciler
 from .util import (
     BOOTSTRAP_GROUP,
     CLONED_FROM_GROUPKIND,
     CLONED_FROM_NAME,
     CLUSTER_NAME_LABEL,
     CONTROL_PLANE_LABEL,
+    CORE_GROUP,
     MACHINE_FINALIZER,
+    VERSION,
     Obj,
-    condition,
+    api_group,
     days_from_now,
+    deleting,
     dig,
     labels,
     meta,
     now,
+    observe,
+    owned_by,
     owner_ref,
     owner_refs,
+    released,
     rfc3339,
-    with_conditions,
-    with_owner,
 )
 
 log = logging.getLogger(__name__)
@@ -48,34 +53,33 @@ _SUFFIX = string.ascii_lowercase + string.digits
 
 @dataclass
 class MachinePlan:
-    """Everything an owner decides about a new Machine."""
+    """Everything an owner decides about a new Machine; it is named after the owner (plus a
+    random suffix) and lives in the owner's namespace."""
 
-    prefix: str
-    cluster: str
     owner: Obj  # the controlling KubeadmControlPlane or MachineSet
+    cluster: str
     spec: Obj  # the Machine spec; bootstrap and infrastructureRef are filled in
     infra_template: Obj
     bootstrap_spec: Obj | None  # KubeadmConfig spec; None keeps spec.bootstrap as given
-    labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
+    template_meta: Obj  # the owner's machine template metadata (labels, annotations) to copy
+    labels: dict[str, str] = field(default_factory=dict)  # the owner's own labels on top
 
 
 def infra_kind(template: Obj) -> tuple[str, str]:
     """(apiGroup, kind) of the machines an infra template stamps out."""
-    group = str(template.get("apiVersion", "")).rpartition("/")[0]
-    kind = str(template.get("kind", ""))
-    return group, kind.removesuffix("Template")
+    return api_group(template), str(template.get("kind", "")).removesuffix("Template")
 
 
-def create_machine(ctx: Context, ns: str, plan: MachinePlan) -> Obj | None:
+def create_machine(ctx: Context, plan: MachinePlan) -> Obj | None:
     """Create the Machine first (so its parts can be owned by it), then its parts."""
     api = ctx.api
+    ns = meta(plan.owner).get("namespace", "")
     group, kind = infra_kind(plan.infra_template)
     if api.type_of_kind(group, kind) is None:
         log.warning("no infra machine kind %s.%s served", kind, group)
         return None
     for _ in range(10):
-        name = f"{plan.prefix}-" + "".join(random.choice(_SUFFIX) for _ in range(5))
+        name = f"{meta(plan.owner)['name']}-" + "".join(random.choice(_SUFFIX) for _ in range(5))
         if api.get(MACHINES, ns, name) is None:
             break
     spec = copy.deepcopy(plan.spec)
@@ -85,16 +89,17 @@ def create_machine(ctx: Context, ns: str, plan: MachinePlan) -> Obj | None:
         spec["bootstrap"] = {"configRef": {"apiGroup": BOOTSTRAP_GROUP, "kind": "KubeadmConfig",
                                            "name": name}}
     body: Obj = {
-        "apiVersion": f"{MACHINES[0]}/v1beta2",
+        "apiVersion": f"{CORE_GROUP}/{VERSION}",
         "kind": "Machine",
         "metadata": {"name": name,
-                     "labels": {**plan.labels, CLUSTER_NAME_LABEL: plan.cluster},
+                     "labels": {**(plan.template_meta.get("labels") or {}), **plan.labels,
+                                CLUSTER_NAME_LABEL: plan.cluster},
                      "ownerReferences": [owner_ref(plan.owner, controller=True)],
                      "finalizers": [MACHINE_FINALIZER]},
         "spec": spec,
     }
-    if plan.annotations:
-        body["metadata"]["annotations"] = dict(plan.annotations)
+    if plan.template_meta.get("annotations"):
+        body["metadata"]["annotations"] = dict(plan.template_meta["annotations"])
     machine = api.create(MACHINES, ns, body)
     if machine is not None:
         ensure_parts(ctx, machine, plan.infra_template, plan.bootstrap_spec)
@@ -105,43 +110,37 @@ def ensure_parts(ctx: Context, machine: Obj, infra_template: Obj | None,
                  bootstrap_spec: Obj | None) -> None:
     """Create a young Machine's missing infra machine / KubeadmConfig (after a partial
     failure); a Machine whose infrastructure already ran is never given new parts."""
-    api = ctx.api
-    if meta(machine).get("deletionTimestamp") or \
+    if deleting(machine) or \
             dig(machine, "status", "initialization", "infrastructureProvisioned"):
         return
-    ns = meta(machine).get("namespace", "")
-    spec = machine.get("spec") or {}
     part_labels = dict(labels(machine))
-    infra_ref = spec.get("infrastructureRef")
-    if infra_template is not None and isinstance(infra_ref, dict) and \
-            api.get_ref(infra_ref, ns) is None:
-        rt = api.type_of_kind(str(infra_ref.get("apiGroup")), str(infra_ref.get("kind")))
+    if infra_template is not None:
         tmeta = dig(infra_template, "spec", "template", "metadata") or {}
-        tgroup = str(infra_template.get("apiVersion", "")).rpartition("/")[0]
-        body = {
-            "metadata": {
-                "name": infra_ref.get("name"),
-                "labels": {**(tmeta.get("labels") or {}), **part_labels},
-                "annotations": {**(tmeta.get("annotations") or {}),
-                                CLONED_FROM_NAME: meta(infra_template)["name"],
-                                CLONED_FROM_GROUPKIND: f"{infra_template['kind']}.{tgroup}"},
-                "ownerReferences": [owner_ref(machine, controller=True)],
-            },
-            "spec": copy.deepcopy(dig(infra_template, "spec", "template", "spec") or {}),
-        }
-        if rt is not None:
-            api.create(rt, ns, body)
-    config_ref = dig(spec, "bootstrap", "configRef")
-    if bootstrap_spec is not None and isinstance(config_ref, dict) and \
-            api.get_ref(config_ref, ns) is None:
-        rt = api.type_of_kind(str(config_ref.get("apiGroup")), str(config_ref.get("kind")))
-        body = {
-            "metadata": {"name": config_ref.get("name"), "labels": part_labels,
+        group_kind = f"{infra_template['kind']}.{api_group(infra_template)}"
+        cloned_from = {CLONED_FROM_NAME: meta(infra_template)["name"],
+                       CLONED_FROM_GROUPKIND: group_kind}
+        _create_part(ctx.api, machine, dig(machine, "spec", "infrastructureRef"),
+                     dig(infra_template, "spec", "template", "spec") or {},
+                     {"labels": {**(tmeta.get("labels") or {}), **part_labels},
+                      "annotations": {**(tmeta.get("annotations") or {}), **cloned_from}})
+    if bootstrap_spec is not None:
+        _create_part(ctx.api, machine, dig(machine, "spec", "bootstrap", "configRef"),
+                     bootstrap_spec, {"labels": part_labels})
+
+
+def _create_part(api: Api, machine: Obj, ref: Any, spec: Obj, metadata: Obj) -> None:
+    """The object a Machine's reference names, when missing: that spec and metadata, named as
+    referenced and controlled by the Machine."""
+    ns = meta(machine).get("namespace", "")
+    if not isinstance(ref, dict) or api.get_ref(ref, ns) is not None:
+        return
+    rt = api.type_of_kind(str(ref.get("apiGroup")), str(ref.get("kind")))
+    if rt is not None:
+        api.create(rt, ns, {
+            "metadata": {"name": ref.get("name"), **metadata,
                          "ownerReferences": [owner_ref(machine, controller=True)]},
-            "spec": copy.deepcopy(bootstrap_spec),
-        }
-        if rt is not None:
-            api.create(rt, ns, body)
+            "spec": copy.deepcopy(spec),
+        })
 
 
 def _node_info(machine: Obj) -> Obj:
@@ -161,29 +160,29 @@ def _node_info(machine: Obj) -> Obj:
     }
 
 
-class MachineReconciler:
+class MachineReconciler(Reconciler):
     kinds = (MACHINES,)
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
     def reconcile(self, m: Obj) -> float | None:
-        if meta(m).get("deletionTimestamp"):
+        if deleting(m):
             return self._delete(m)
-        api = self.ctx.api
+        api = self.api
+        step = self.ctx.config.step_delay
         cluster = api.cluster_of(m)
         if cluster is None:
             return None
-        adopted = self._ensure_meta(m, cluster)
-        if adopted is None:
-            return self.ctx.config.step_delay
-        m = adopted
+        # Finalizer, cluster label and (for a stand-alone Machine) a Cluster owner.
+        claimed = api.claim(m, None if owner_refs(m) else cluster,
+                            cluster=meta(cluster)["name"], finalizer=MACHINE_FINALIZER)
+        if claimed is None:
+            return step
+        m = claimed
         ns = meta(m).get("namespace", "")
         infra = api.get_ref(dig(m, "spec", "infrastructureRef"), ns)
         config = api.get_ref(dig(m, "spec", "bootstrap", "configRef"), ns)
-        for part in (infra, config):
+        for part in (infra, config):  # controlled by their Machine
             if part is not None:
-                self._adopt(part, m)
+                api.claim(part, m, controller=True, cluster=dig(m, "spec", "clusterName"))
 
         # Mirror the providers' results into the Machine's spec (as CAPI does).
         spec = m.get("spec") or {}
@@ -194,16 +193,15 @@ class MachineReconciler:
         infra_ready = infra is not None and \
             dig(infra, "status", "initialization", "provisioned") is True
         provider_id = dig(infra, "spec", "providerID") if infra_ready else spec.get("providerID")
-        if (data_secret and data_secret != dig(spec, "bootstrap", "dataSecretName")) or \
-                (provider_id and provider_id != spec.get("providerID")):
-            new = copy.deepcopy(m)
-            if data_secret:
-                new["spec"].setdefault("bootstrap", {})["dataSecretName"] = data_secret
-            if provider_id:
-                new["spec"]["providerID"] = provider_id
-            updated = api.update(new)
+        changes: Obj = {}
+        if data_secret and data_secret != dig(spec, "bootstrap", "dataSecretName"):
+            changes["bootstrap"] = {**(spec.get("bootstrap") or {}), "dataSecretName": data_secret}
+        if provider_id and provider_id != spec.get("providerID"):
+            changes["providerID"] = provider_id
+        if changes:
+            updated = api.update_spec(m, **changes)
             if updated is None:
-                return self.ctx.config.step_delay
+                return step
             m = updated
 
         # The Node "joins" one step after the infrastructure is up.
@@ -211,40 +209,13 @@ class MachineReconciler:
         delay: float | None = None
         never = self.ctx.config.never_ready
         if node is None and infra_ready and provider_id and not (never and never(m)):
-            left = self.ctx.timers.remaining(meta(m)["uid"], "node", self.ctx.config.step_delay)
+            left = self.remaining(m, "node", step)
             if left > 0:
                 delay = left
             else:
                 node = {"name": meta(m)["name"]}
         api.set_status(m, self._status(m, bool(data_secret), infra, infra_ready, node))
         return delay
-
-    def _ensure_meta(self, m: Obj, cluster: Obj) -> Obj | None:
-        """Finalizer, cluster label and (for a stand-alone Machine) a Cluster owner."""
-        finalizers = meta(m).get("finalizers") or []
-        lbl = labels(m)
-        missing_owner = not owner_refs(m)
-        if MACHINE_FINALIZER in finalizers and lbl.get(CLUSTER_NAME_LABEL) == \
-                meta(cluster)["name"] and not missing_owner:
-            return m
-        new = copy.deepcopy(m)
-        nm = new["metadata"]
-        if MACHINE_FINALIZER not in finalizers:
-            nm["finalizers"] = [*finalizers, MACHINE_FINALIZER]
-        nm.setdefault("labels", {})[CLUSTER_NAME_LABEL] = meta(cluster)["name"]
-        if missing_owner:
-            nm["ownerReferences"] = [owner_ref(cluster)]
-        return self.ctx.api.update(new)
-
-    def _adopt(self, part: Obj, m: Obj) -> None:
-        """Infra machine and bootstrap config are controlled by their Machine."""
-        new = with_owner(part, m, controller=True)
-        cluster = dig(m, "spec", "clusterName")
-        if new is None and labels(part).get(CLUSTER_NAME_LABEL) == cluster:
-            return
-        new = new or copy.deepcopy(part)
-        new["metadata"].setdefault("labels", {})[CLUSTER_NAME_LABEL] = cluster
-        self.ctx.api.update(new)
 
     def _status(self, m: Obj, bootstrapped: bool, infra: Obj | None, infra_ready: bool,
                 node: Obj | None) -> Obj:
@@ -264,9 +235,7 @@ class MachineReconciler:
             status["lastUpdated"] = rfc3339(now())
         status["initialization"] = {"bootstrapDataSecretCreated": bootstrapped,
                                     "infrastructureProvisioned": infra_ready}
-        gen = meta(m).get("generation")
-        if isinstance(gen, int):
-            status["observedGeneration"] = gen
+        observe(status, m)
         addresses = dig(infra, "status", "addresses") if infra is not None else None
         if isinstance(addresses, list) and addresses:
             status["addresses"] = addresses
@@ -280,9 +249,8 @@ class MachineReconciler:
                     self.ctx.config.certificate_validity_days)
         kind = dig(m, "spec", "infrastructureRef", "kind") or "infrastructure"
         conds = [
-            condition("BootstrapConfigReady", bootstrapped,
-                      "Ready" if bootstrapped else "NotReady",
-                      "" if bootstrapped else "Waiting for bootstrap data"),
+            flag("BootstrapConfigReady", bootstrapped, "Ready",
+                 "" if bootstrapped else "Waiting for bootstrap data"),
             condition("InfrastructureReady", infra_ready,
                       "Ready" if infra_ready else
                       ("NotReady" if infra is not None else "ObjectDoesNotExist"),
@@ -301,34 +269,21 @@ class MachineReconciler:
         return with_conditions(status, m, conds)
 
     def _delete(self, m: Obj) -> float | None:
-        finalizers = meta(m).get("finalizers") or []
-        if MACHINE_FINALIZER not in finalizers:
+        if MACHINE_FINALIZER not in (meta(m).get("finalizers") or []):
             return None
-        api = self.ctx.api
+        api = self.api
         ns = meta(m).get("namespace", "")
         parts = [p for p in (api.get_ref(dig(m, "spec", "infrastructureRef"), ns),
                              api.get_ref(dig(m, "spec", "bootstrap", "configRef"), ns))
-                 if p is not None and _controlled_by(p, m)]
-        status = dict(m.get("status") or {})
-        status["phase"] = "Deleting"
-        with_conditions(status, m, [condition(
-            "Deleting", True, "WaitingForInfrastructureDeletion" if parts else "Deleting")])
-        updated = api.set_status(m, status)
-        m = updated or m
+                 if p is not None and (owned_by(p, m) or not owner_refs(p))]
+        reason = "WaitingForInfrastructureDeletion" if parts else "Deleting"
+        m = api.set_conditions(m, [condition("Deleting", True, reason)], phase="Deleting") or m
         for part in parts:
             api.delete(part)
         if parts:
             return self.ctx.config.step_delay
-        left = self.ctx.timers.remaining(meta(m)["uid"], "delete", self.ctx.config.step_delay)
+        left = self.remaining(m, "delete", self.ctx.config.step_delay)
         if left > 0:
             return left
-        new = copy.deepcopy(m)
-        new["metadata"]["finalizers"] = [f for f in finalizers if f != MACHINE_FINALIZER]
-        api.update(new)
+        api.update(released(m, MACHINE_FINALIZER))
         return None
-
-
-def _controlled_by(part: Obj, owner: Obj) -> bool:
-    uid = meta(owner).get("uid")
-    refs: list[Any] = meta(part).get("ownerReferences") or []
-    return any(isinstance(r, dict) and r.get("uid") == uid for r in refs) or not refs

@@ -11,8 +11,10 @@ from __future__ import annotations
 import copy
 
 from .api import MACHINEDEPLOYMENTS, MACHINES, MACHINESETS
+from .conditions import flag, is_true, with_conditions
 from .machines import MachinePlan, create_machine, ensure_parts
-from .runtime import Context
+from .replicas import mark_up_to_date, replica_conditions, replica_status, replicas_of
+from .runtime import Reconciler
 from .util import (
     CLUSTER_NAME_LABEL,
     DELETE_MACHINE_ANNOTATION,
@@ -20,66 +22,49 @@ from .util import (
     TEMPLATE_HASH_LABEL,
     Obj,
     annots,
-    condition,
     created_key,
     deleting,
     dig,
-    is_true,
     label_value,
     labels,
     meta,
-    owned_by,
     owner_of_kind,
     owner_refs,
     selector_string,
     spec_hash,
-    version_key,
-    with_conditions,
-    with_owner,
 )
 
 
-def replicas_of(obj: Obj) -> int:
-    """spec.replicas, defaulting to 1 as the CAPI webhooks do."""
-    r = dig(obj, "spec", "replicas")
-    return r if isinstance(r, int) and r >= 0 else 1
-
-
-def owned_machines(api_list: list[Obj], owner: Obj) -> list[Obj]:
-    return sorted((m for m in api_list if owned_by(m, owner, controller=True)), key=created_key)
-
-
-class MachineSetReconciler:
+class MachineSetReconciler(Reconciler):
     kinds = (MACHINESETS,)
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
     def reconcile(self, ms: Obj) -> float | None:
-        api = self.ctx.api
+        api = self.api
         if deleting(ms):
             return None
         cluster = api.cluster_of(ms)
         if cluster is None:
             return None
         ns = meta(ms).get("namespace", "")
-        if not owner_refs(ms) or CLUSTER_NAME_LABEL not in labels(ms):
-            ms = self._adopt(ms, cluster) or ms
+        if not owner_refs(ms):  # a stand-alone MachineSet is owned by its Cluster
+            ms = api.claim(ms, cluster, cluster=meta(cluster)["name"]) or ms
+        elif CLUSTER_NAME_LABEL not in labels(ms):
+            ms = api.claim(ms, cluster=meta(cluster)["name"]) or ms
         tspec = dig(ms, "spec", "template", "spec") or {}
         infra_template = api.get_ref(tspec.get("infrastructureRef"), ns)
         config_ref = dig(tspec, "bootstrap", "configRef")
-        bootstrap_template = api.get_ref(config_ref, ns) if config_ref else None
+        bootstrap_template = api.get_ref(config_ref, ns)
         bootstrap_spec = (copy.deepcopy(dig(bootstrap_template, "spec", "template", "spec") or {})
                           if bootstrap_template is not None else None)
         for t in (infra_template, bootstrap_template):
-            owned = with_owner(t, cluster) if t is not None else None
-            if owned is not None:
-                api.update(owned)
-        machines = owned_machines(api.list_of(MACHINES, ns), ms)
+            if t is not None:
+                api.claim(t, cluster)
+        machines = api.children(MACHINES, ms)
         for m in machines:
             ensure_parts(self.ctx, m, infra_template, bootstrap_spec)
         current = self._is_current(ms)
-        self._mark_up_to_date(machines, current)
+        mark_up_to_date(api, machines, {} if current else {
+            meta(m)["name"]: "MachineSet is not the current revision" for m in machines})
 
         live = [m for m in machines if not deleting(m)]
         desired = replicas_of(ms)
@@ -90,24 +75,16 @@ class MachineSetReconciler:
         elif len(live) > desired:
             for m in self._victims(ms, live)[: len(live) - desired]:
                 api.delete(m)
-        machines = owned_machines(api.list_of(MACHINES, ns), ms)
-        self._write_status(ms, machines, current)
+        self._write_status(ms, api.children(MACHINES, ms), current)
         return None
-
-    def _adopt(self, ms: Obj, cluster: Obj) -> Obj | None:
-        """A stand-alone MachineSet is owned by its Cluster; all carry the cluster label."""
-        new = with_owner(ms, cluster) if not owner_refs(ms) else None
-        new = new or copy.deepcopy(ms)
-        new["metadata"].setdefault("labels", {})[CLUSTER_NAME_LABEL] = meta(cluster)["name"]
-        return self.ctx.api.update(new)
 
     def _is_current(self, ms: Obj) -> bool:
         """Whether this set stamps the owning MachineDeployment's current template."""
         ref = owner_of_kind(ms, "MachineDeployment")
         if ref is None:
             return True
-        md = self.ctx.api.get(MACHINEDEPLOYMENTS, meta(ms).get("namespace"),
-                              str(ref.get("name", "")))
+        md = self.api.get(MACHINEDEPLOYMENTS, meta(ms).get("namespace"),
+                          str(ref.get("name", "")))
         if md is None:
             return True
         return labels(ms).get(TEMPLATE_HASH_LABEL) == spec_hash(
@@ -116,19 +93,15 @@ class MachineSetReconciler:
     def _create(self, ms: Obj, cluster: Obj, infra_template: Obj,
                 bootstrap_spec: Obj | None) -> None:
         tmpl = dig(ms, "spec", "template") or {}
-        tmeta = tmpl.get("metadata") or {}
-        plan = MachinePlan(
-            prefix=meta(ms)["name"],
-            cluster=meta(cluster)["name"],
+        create_machine(self.ctx, MachinePlan(
             owner=ms,
-            spec=copy.deepcopy(tmpl.get("spec") or {}),
+            cluster=meta(cluster)["name"],
+            spec=tmpl.get("spec") or {},
             infra_template=infra_template,
             bootstrap_spec=bootstrap_spec,
-            labels={**(tmeta.get("labels") or {}),
-                    SET_NAME_LABEL: label_value(meta(ms)["name"])},
-            annotations=dict(tmeta.get("annotations") or {}),
-        )
-        create_machine(self.ctx, meta(ms).get("namespace", ""), plan)
+            template_meta=tmpl.get("metadata") or {},
+            labels={SET_NAME_LABEL: label_value(meta(ms)["name"])},
+        ))
 
     @staticmethod
     def _victims(ms: Obj, live: list[Obj]) -> list[Obj]:
@@ -137,56 +110,13 @@ class MachineSetReconciler:
         return sorted(by_age, key=lambda m: (DELETE_MACHINE_ANNOTATION not in annots(m),
                                              is_true(m, "Ready")))
 
-    def _mark_up_to_date(self, machines: list[Obj], current: bool) -> None:
-        cond = condition("UpToDate", current, "UpToDate" if current else "NotUpToDate",
-                         "" if current else "MachineSet is not the current revision")
-        for m in machines:
-            if not deleting(m):
-                self.ctx.api.set_status(m, with_conditions(dict(m.get("status") or {}), m,
-                                                           [cond]))
-
     def _write_status(self, ms: Obj, machines: list[Obj], current: bool) -> None:
-        desired = replicas_of(ms)
-        live = [m for m in machines if not deleting(m)]
-        ready = [m for m in machines if is_true(m, "Ready")]
-        not_ready = sorted(meta(m)["name"] for m in machines if not is_true(m, "Ready"))
-        status: Obj = {k: v for k, v in (ms.get("status") or {}).items() if k == "conditions"}
-        status["selector"] = selector_string(dig(ms, "spec", "selector", "matchLabels") or {})
-        status["replicas"] = len(machines)
-        status["readyReplicas"] = len(ready)
-        status["availableReplicas"] = len([m for m in machines if is_true(m, "Available")])
-        status["upToDateReplicas"] = len(live) if current else 0
-        gen = meta(ms).get("generation")
-        if isinstance(gen, int):
-            status["observedGeneration"] = gen
-        versions: dict[str, int] = {}
-        for m in machines:
-            v = dig(m, "spec", "version")
-            if isinstance(v, str) and v:
-                versions[v] = versions.get(v, 0) + 1
-        if versions:
-            status["versions"] = [{"version": v, "replicas": n}
-                                  for v, n in sorted(versions.items(),
-                                                     key=lambda kv: version_key(kv[0]))]
-        conds = [
-            condition("MachinesReady", not not_ready,
-                      ("Ready" if machines else "NoReplicas") if not not_ready else "NotReady",
-                      "" if not not_ready else "Not ready: " + ", ".join(not_ready)),
-            condition("MachinesUpToDate", current or not live,
-                      "UpToDate" if current or not live else "NotUpToDate"),
-            condition("ScalingUp", len(live) < desired,
-                      "ScalingUp" if len(live) < desired else "NotScalingUp",
-                      f"Scaling up from {len(live)} to {desired} replicas"
-                      if len(live) < desired else ""),
-            condition("ScalingDown", len(machines) > desired,
-                      "ScalingDown" if len(machines) > desired else "NotScalingDown",
-                      f"Scaling down from {len(machines)} to {desired} replicas"
-                      if len(machines) > desired else ""),
-            condition("Remediating", False, "NotRemediating"),
-            condition("Deleting", False, "NotDeleting"),
-            condition("Paused", False, "NotPaused"),
-        ]
-        self.ctx.api.set_status(ms, with_conditions(status, ms, conds))
-
-
-__all__ = ["MachineSetReconciler", "owned_machines", "replicas_of"]
+        live = sum(not deleting(m) for m in machines)
+        status = replica_status(
+            ms, machines,
+            selector=selector_string(dig(ms, "spec", "selector", "matchLabels") or {}),
+            up_to_date=live if current else 0)
+        conds = replica_conditions(
+            machines, replicas_of(ms), up_from=live, down_from=len(machines),
+            rollout=[flag("MachinesUpToDate", current or not live, "UpToDate")])
+        self.api.set_status(ms, with_conditions(status, ms, conds))

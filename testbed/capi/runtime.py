@@ -15,13 +15,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from testbed.apiserver.registry import Registry
 from testbed.apiserver.store import Event
 
-from .api import CLUSTERS, Api, rkey
-from .util import PAUSED_ANNOTATION, Obj, annots, condition, dig, meta, with_conditions
+from .api import CLUSTERS, Api, Kind, rkey
+from .conditions import condition
+from .util import PAUSED_ANNOTATION, Obj, annots, api_group, dig, meta, owner_refs
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,22 @@ class Context:
     workload_server: Callable[[str, str], str | None]
 
 
-class Reconciler(Protocol):
-    @property
-    def kinds(self) -> tuple[tuple[str, str], ...]:
-        """(group, plural) of the kinds this reconciler is responsible for."""
-        ...
+class Reconciler:
+    """Base of the simulated controllers: the shared context, and `reconcile` to provide."""
+
+    kinds: tuple[Kind, ...] = ()  # the kinds this reconciler is responsible for
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.api = ctx.api
 
     def reconcile(self, obj: Obj) -> float | None:
         """Converge one object; returns seconds after which to look again, or None."""
-        ...
+        raise NotImplementedError
+
+    def remaining(self, obj: Obj, stage: str, delay: float) -> float:
+        """Seconds left of one simulated step of obj (0 once it has taken `delay`)."""
+        return self.ctx.timers.remaining(meta(obj)["uid"], stage, delay)
 
 
 def paused(cluster: Obj | None, obj: Obj) -> bool:
@@ -138,22 +146,17 @@ class Runtime:
         if ev.type == "DELETED" and m.get("uid"):
             self.ctx.timers.forget(m["uid"])
         self.enqueue((ev.rkey, ns, m.get("name", "")))
-        for ref in m.get("ownerReferences") or []:
-            if not isinstance(ref, dict):
-                continue
-            group = str(ref.get("apiVersion", "")).rpartition("/")[0]
-            rt = self.ctx.api.type_of_kind(group, str(ref.get("kind", "")))
-            if rt is not None:
-                self.enqueue((rt.key, ns, str(ref.get("name", ""))))
+        refs = [(api_group(r), r) for r in owner_refs(ev.obj)]
         # Providers wait on what their consumer says (e.g. an infra machine on its Machine's
         # bootstrap data): wake the objects this one references too.
         for path in (("infrastructureRef",), ("bootstrap", "configRef"), ("controlPlaneRef",)):
             ref = dig(ev.obj, "spec", *path)
             if isinstance(ref, dict):
-                rt = self.ctx.api.type_of_kind(str(ref.get("apiGroup", "")),
-                                               str(ref.get("kind", "")))
-                if rt is not None:
-                    self.enqueue((rt.key, ns, str(ref.get("name", ""))))
+                refs.append((str(ref.get("apiGroup", "")), ref))
+        for group, ref in refs:
+            rt = self.ctx.api.type_of_kind(group, str(ref.get("kind", "")))
+            if rt is not None:
+                self.enqueue((rt.key, ns, str(ref.get("name", ""))))
         if ev.rkey in self._by_rkey and ev.rkey != rkey(CLUSTERS):
             # Clusters summarise everything below them; infra clusters and control planes
             # are found through the Cluster's references before owner references exist.
@@ -243,6 +246,4 @@ class Runtime:
 
     def _mark_paused(self, obj: Obj) -> None:
         """A paused object only learns that it is paused; nothing else about it changes."""
-        status = dict(obj.get("status") or {})
-        with_conditions(status, obj, [condition("Paused", True, "Paused")])
-        self.ctx.api.set_status(obj, status)
+        self.ctx.api.set_conditions(obj, [condition("Paused", True, "Paused")])

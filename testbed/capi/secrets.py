@@ -8,16 +8,34 @@ KubeadmControlPlane. The contents are fake but stable, so converging them writes
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 
 import yaml
 
 from testbed.kubeconfig import kubeconfig
 
 from .api import SECRETS, Api
-from .util import CLUSTER_NAME_LABEL, CLUSTER_SECRET_TYPE, Obj, b64, fake_pem, meta, owner_ref
+from .util import CLUSTER_NAME_LABEL, CLUSTER_SECRET_TYPE, Obj, meta, owner_ref
 
 CA_PURPOSES = ("ca", "etcd", "sa", "proxy")
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def fake_pem(kind: str, seed: str, lines: int = 8) -> str:
+    """PEM-looking text, deterministic per seed, so that rewriting it is always a no-op."""
+    raw = b""
+    block = seed.encode()
+    while len(raw) < lines * 48:
+        block = hashlib.sha256(block).digest()
+        raw += block
+    body = base64.b64encode(raw[: lines * 48]).decode()
+    rows = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return f"-----BEGIN {kind}-----\n" + "\n".join(rows) + f"\n-----END {kind}-----\n"
 
 
 def _body(name: str, cluster: str, owner: Obj, data: dict[str, str]) -> Obj:

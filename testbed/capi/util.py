@@ -1,7 +1,7 @@
-"""Small pure helpers shared by the simulated controllers: labels, owner references, conditions.
+"""Small pure helpers shared by the simulated controllers: names, labels, owner references.
 
 They encode the Cluster API conventions (v1beta2) every controller must agree on, so that each
-controller module only says what it decides, not how a label or a condition is spelled.
+controller module only says what it decides, not how a label or an owner reference is spelled.
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ def dig(obj: Any, *path: str) -> Any:
     return obj
 
 
+def api_group(obj: Obj) -> str:
+    """The group of an object's (or an owner reference's) apiVersion; "" for the core group."""
+    return str(obj.get("apiVersion", "")).rpartition("/")[0]
+
+
 def deleting(obj: Obj) -> bool:
     return bool(meta(obj).get("deletionTimestamp"))
 
@@ -92,6 +97,19 @@ def deleting(obj: Obj) -> bool:
 def created_key(obj: Obj) -> tuple[str, str]:
     """Sort key for "oldest first": creation time (second resolution), then name."""
     return (str(meta(obj).get("creationTimestamp") or ""), str(meta(obj).get("name") or ""))
+
+
+def generation(obj: Obj) -> int | None:
+    gen = meta(obj).get("generation")
+    return gen if isinstance(gen, int) else None
+
+
+def observe(status: Obj, obj: Obj) -> Obj:
+    """status, saying which generation of obj's spec it describes (when obj has one)."""
+    gen = generation(obj)
+    if gen is not None:
+        status["observedGeneration"] = gen
+    return status
 
 
 def label_value(value: str) -> str:
@@ -115,24 +133,15 @@ def selector_string(match_labels: dict[str, str], exists: tuple[str, ...] = ()) 
     return ",".join(parts)
 
 
-def matches(selector: Any, obj_labels: dict[str, str]) -> bool:
-    """Whether labels satisfy a metav1.LabelSelector (matchLabels and matchExpressions)."""
-    if not isinstance(selector, dict):
-        return False
-    for k, v in (selector.get("matchLabels") or {}).items():
-        if obj_labels.get(k) != v:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In" and obj_labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in obj_labels and obj_labels[key] in values:
-            return False
-        if op == "Exists" and key not in obj_labels:
-            return False
-        if op == "DoesNotExist" and key in obj_labels:
-            return False
-    return True
+def version_key(version: Any) -> tuple[int, ...]:
+    """Order Kubernetes versions (v1.35.2 < v1.36.0); unparsable ones sort first."""
+    if not isinstance(version, str):
+        return ()
+    core = version.lstrip("v").split("+")[0].split("-")[0]
+    try:
+        return tuple(int(p) for p in core.split("."))
+    except ValueError:
+        return ()
 
 
 # -- owner references -----------------------------------------------------------------------
@@ -161,92 +170,35 @@ def owner_of_kind(obj: Obj, kind: str) -> Obj | None:
     return next((r for r in owner_refs(obj) if r.get("kind") == kind), None)
 
 
-def with_owner(obj: Obj, owner: Obj, controller: bool = False) -> Obj | None:
-    """A copy of obj with owner referenced, or None when it already is (exactly so)."""
-    want = owner_ref(owner, controller)
-    refs = owner_refs(obj)
-    if any(r == want for r in refs):
-        return None
+def children(objs: list[Obj], owner: Obj) -> list[Obj]:
+    """The objects owner controls, oldest first (the order scale-down and rollouts go by)."""
+    return sorted((o for o in objs if owned_by(o, owner, controller=True)), key=created_key)
+
+
+def claimed(obj: Obj, owner: Obj | None = None, *, controller: bool = False,
+            cluster: str | None = None, finalizer: str | None = None) -> Obj | None:
+    """A copy of obj referencing owner, labelled with its cluster and holding finalizer (each
+    only when given), or None when it already is so: a converged object costs no write."""
     new = copy.deepcopy(obj)
-    kept = [r for r in refs if r.get("uid") != want["uid"]]
-    if controller:  # only one controller: an older controller reference steps back
-        kept = [dict(r, controller=False) if r.get("controller") else r for r in kept]
-    new["metadata"]["ownerReferences"] = [*kept, want]
+    m = new["metadata"]
+    if owner is not None:
+        want = owner_ref(owner, controller)
+        refs = owner_refs(obj)
+        if want not in refs:
+            kept = [r for r in refs if r.get("uid") != want["uid"]]
+            if controller:  # only one controller: an older controller reference steps back
+                kept = [dict(r, controller=False) if r.get("controller") else r for r in kept]
+            m["ownerReferences"] = [*kept, want]
+    if cluster is not None:
+        m.setdefault("labels", {})[CLUSTER_NAME_LABEL] = cluster
+    if finalizer is not None and finalizer not in (m.get("finalizers") or []):
+        m["finalizers"] = [*(m.get("finalizers") or []), finalizer]
+    return None if new == obj else new
+
+
+def released(obj: Obj, finalizer: str) -> Obj:
+    """A copy of obj without finalizer: what lets a deletion finish."""
+    new = copy.deepcopy(obj)
+    new["metadata"]["finalizers"] = [f for f in meta(obj).get("finalizers") or []
+                                     if f != finalizer]
     return new
-
-
-# -- conditions -----------------------------------------------------------------------------
-def condition(type_: str, status: bool | None, reason: str, message: str = "") -> Obj:
-    """A v1beta2 condition without its times; merge_conditions fills those in."""
-    s = "Unknown" if status is None else ("True" if status else "False")
-    return {"type": type_, "status": s, "reason": reason, "message": message}
-
-
-def get_condition(obj: Obj, type_: str) -> Obj | None:
-    conds = dig(obj, "status", "conditions")
-    if not isinstance(conds, list):
-        return None
-    return next((c for c in conds if isinstance(c, dict) and c.get("type") == type_), None)
-
-
-def is_true(obj: Obj, type_: str) -> bool:
-    c = get_condition(obj, type_)
-    return bool(c and c.get("status") == "True")
-
-
-def merge_conditions(old: Any, new: list[Obj], generation: int | None) -> list[Obj]:
-    """Set conditions by type, keeping the others and keeping lastTransitionTime when the
-    status did not change: a converged object then gets exactly the status it already has."""
-    stamp = rfc3339(now())
-    result = [dict(c) for c in old if isinstance(c, dict)] if isinstance(old, list) else []
-    index = {c.get("type"): i for i, c in enumerate(result)}
-    for c in new:
-        cur = result[index[c["type"]]] if c["type"] in index else None
-        merged = dict(c)
-        if generation is not None:
-            merged["observedGeneration"] = generation
-        if cur is not None and cur.get("status") == c["status"] and cur.get("lastTransitionTime"):
-            merged["lastTransitionTime"] = cur["lastTransitionTime"]
-        else:
-            merged["lastTransitionTime"] = stamp
-        if cur is None:
-            index[c["type"]] = len(result)
-            result.append(merged)
-        else:
-            result[index[c["type"]]] = merged
-    return result
-
-
-def with_conditions(status: Obj, obj: Obj, conds: list[Obj]) -> Obj:
-    """status (a fresh dict) with conds merged into the object's current conditions."""
-    gen = meta(obj).get("generation")
-    status["conditions"] = merge_conditions(dig(obj, "status", "conditions"), conds,
-                                            gen if isinstance(gen, int) else None)
-    return status
-
-
-def fake_pem(kind: str, seed: str, lines: int = 8) -> str:
-    """PEM-looking text, deterministic per seed, so that rewriting it is always a no-op."""
-    raw = b""
-    block = seed.encode()
-    while len(raw) < lines * 48:
-        block = hashlib.sha256(block).digest()
-        raw += block
-    body = base64.b64encode(raw[: lines * 48]).decode()
-    rows = [body[i:i + 64] for i in range(0, len(body), 64)]
-    return f"-----BEGIN {kind}-----\n" + "\n".join(rows) + f"\n-----END {kind}-----\n"
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def version_key(version: Any) -> tuple[int, ...]:
-    """Order Kubernetes versions (v1.35.2 < v1.36.0); unparsable ones sort first."""
-    if not isinstance(version, str):
-        return ()
-    core = version.lstrip("v").split("+")[0].split("-")[0]
-    try:
-        return tuple(int(p) for p in core.split("."))
-    except ValueError:
-        return ()
