@@ -60,11 +60,14 @@ class Agent:
             WatcherSettings(servers=settings.nats_servers, cluster=settings.cluster_name,
                             name=f"outpost-agent-{settings.identity}",
                             user_credentials=str(settings.nats_credentials)
-                            if settings.nats_credentials else None),
+                            if settings.nats_credentials else None,
+                            backoff_max=settings.retry_max_seconds),
             cache_dir=state / "spec", keys=keys, on_desired=self._on_desired,
             on_reject=self._on_reject, max_bytes=settings.max_spec_bytes)
         self.publisher = Publisher(self.outbox, settings.cluster_name,
-                                   lambda: self.intake.watcher.status_nc)
+                                   lambda: self.intake.watcher.status_nc,
+                                   backoff_max=settings.retry_max_seconds,
+                                   poll_interval=min(5.0, settings.retry_max_seconds))
         self.elector = LeaderElector(
             kube, name=settings.lease_name, namespace=settings.agent_namespace,
             identity=settings.identity, lease_duration=settings.lease_duration_seconds,

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     max_spec_bytes: int = Field(default=256 * 1024, ge=1024)
+    retry_max_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait between NATS reconnect/publish attempts")
     log_level: str = "INFO"
 
     @field_validator("nats_servers", "public_keys", mode="before")

@@ -187,16 +187,11 @@ def _plan_existing_pool(spec: ClusterSpec, pool: Any, md: Obj, infra: str, boot:
     elif version != target and current == version:
         b.notes.append(Note("WaitingForControlPlane", f"pool {pool.name} stays at {current} until "
                             f"the control plane runs {target}"))
-    full = capi.machine_deployment(spec, pool, version, infra, boot)
-    wanted = {"apiVersion": full["apiVersion"], "kind": full["kind"],
-              "metadata": {"name": _name(md), "namespace": md["metadata"]["namespace"]},
-              "spec": {"replicas": pool.replicas,
-                       "template": {"spec": {
-                           "version": version,
-                           "infrastructureRef": full["spec"]["template"]["spec"][
-                               "infrastructureRef"],
-                           "bootstrap": full["spec"]["template"]["spec"]["bootstrap"]}}}}
-    if not covers(md, {"spec": wanted["spec"]}):
+    # Server-side apply removes what the same manager applied before and omits now, so the
+    # agent always applies the whole MachineDeployment it created, never a fragment of it.
+    wanted = capi.machine_deployment(spec, pool, version, infra, boot)
+    if not covers(md, {"metadata": {"labels": wanted["metadata"]["labels"]},
+                       "spec": wanted["spec"]}):
         parts = []
         if _get(md, "spec", "replicas") != pool.replicas:
             parts.append(f"replicas {_get(md, 'spec', 'replicas')} -> {pool.replicas}")

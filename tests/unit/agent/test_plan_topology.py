@@ -115,13 +115,17 @@ def test_new_pool_creates_templates_then_machine_deployment() -> None:
     assert md["spec"]["replicas"] == 1
 
 
-def test_scaling_a_pool_touches_only_replicas() -> None:
+def test_scaling_a_pool_applies_the_whole_machine_deployment() -> None:
     spec = make_spec()
     obs = converged(spec)
     plan = plan_topology(make_spec(workers=[
         {"name": "a", "replicas": 5, "machine": {"provider": "dev"}}]), obs)
     assert kinds(plan) == [("apply", "MachineDeployment", "edge-a")]
-    assert plan.actions[0].body["spec"]["replicas"] == 5  # type: ignore[union-attr]
+    body = plan.actions[0].body  # type: ignore[union-attr]
+    assert body["spec"]["replicas"] == 5
+    # A fragment would make server-side apply drop the fields the agent applied at creation.
+    assert {"clusterName", "selector", "template"} <= set(body["spec"])
+    assert "replicas 2 -> 5" in plan.actions[0].reason
 
 
 def test_removed_pool_is_deleted_with_its_templates() -> None:
