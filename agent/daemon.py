@@ -246,11 +246,15 @@ class Agent:
             await self._report(force=True)
             return 0
         finally:
-            for task in [*background, *self._tasks]:
+            tasks = [*background, *self._tasks]
+            for task in tasks:
                 task.cancel()
-            for task in [*background, *self._tasks]:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if tasks:
+                # Bounded: a NATS client stuck reconnecting may take its time to notice.
+                _, late = await asyncio.wait(tasks, timeout=2.0)
+                if late:
+                    log.warning("%d background task(s) did not stop in time: %s", len(late),
+                                ", ".join(t.get_name() for t in late))
             self.outbox.close()
             await runner.cleanup()
 

@@ -245,14 +245,17 @@ class SpecWatcher:
         """Drain if possible, else close; bounded, and never raises."""
         if nc.is_closed:
             return
+        connected = nc.is_connected
         try:
-            if nc.is_connected:
+            if connected:
                 await asyncio.wait_for(nc.drain(), self.settings.request_timeout + 1)
         except Exception as e:
             log.debug("draining the NATS connection failed: %r", e)
         if not nc.is_closed:
+            # A client stuck reconnecting has nothing to flush: do not wait on it at shutdown.
+            limit = self.settings.request_timeout + 1 if connected else 0.5
             try:
-                await asyncio.wait_for(nc.close(), self.settings.request_timeout + 1)
+                await asyncio.wait_for(nc.close(), limit)
             except Exception as e:
                 log.debug("closing the NATS connection failed: %r", e)
 
