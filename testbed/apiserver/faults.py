@@ -32,7 +32,23 @@ class Rule:
 @dataclass
 class Faults:
     rules: list[Rule] = field(default_factory=list)
+    delays: list[tuple[Rule, float]] = field(default_factory=list)
     injected: int = 0
+    delaying: int = 0  # requests being held right now
+
+    def delay_next(self, n: int, seconds: float, path: str | None = None,
+                   method: str | None = None) -> None:
+        """Hold the next `n` matching requests for `seconds` before serving them (a slow API)."""
+        self.delays.append((Rule(n, 0, re.compile(path) if path else None,
+                                 method.upper() if method else None), seconds))
+
+    def delay_for(self, method: str, path: str) -> float:
+        for rule, seconds in self.delays:
+            if rule.remaining > 0 and rule.matches(method, path):
+                rule.remaining -= 1
+                self.injected += 1
+                return seconds
+        return 0.0
 
     def fail_next(self, n: int, code: int = 500, path: str | None = None,
                   method: str | None = None) -> None:
@@ -44,6 +60,7 @@ class Faults:
 
     def clear(self) -> None:
         self.rules.clear()
+        self.delays.clear()
 
     def check(self, method: str, path: str) -> None:
         for rule in self.rules:

@@ -70,3 +70,19 @@ async def test_server_goes_down_and_comes_back(api: ApiServer, kube: client.ApiC
     assert api.port == port
     got = await core.read_namespaced_config_map("kept", "default")
     assert got.metadata.name == "kept"
+
+
+async def test_delay_holds_matching_requests(api: ApiServer, kube: client.ApiClient) -> None:
+    import asyncio
+    import time
+
+    core = client.CoreV1Api(kube)
+    api.faults.delay_next(1, 0.5, path=r"/configmaps", method="GET")
+    task = asyncio.ensure_future(core.list_namespaced_config_map("default"))
+    await asyncio.sleep(0.1)
+    assert api.faults.delaying == 1
+    start = time.monotonic()
+    await core.read_namespace("default")  # other requests are not held
+    assert time.monotonic() - start < 0.4
+    await task
+    assert api.faults.delaying == 0
