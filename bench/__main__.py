@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from . import apiserver
+from . import agent, apiserver
 
-BENCHES = {"apiserver": apiserver.main}
+BENCHES = {"apiserver": apiserver.main, "agent": agent.main}
 
 
 def main() -> None:
