@@ -10,20 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agent.kube import resources as r
-from agent.kube.errors import Gone, KubeError
-from agent.kube.types import KubeClient, Resource
+from agent.kube.errors import KubeError
+from agent.kube.types import KubeClient
 from agent.plan import Action, Note, Observed, plan_topology
 from agent.spec import ClusterSpec, capi
 
 from .execute import execute
-from .observe import observe
+from .observe import Caches, observe
 from .queue import ShutDown, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -57,6 +55,7 @@ class TopologyController:
         self.queue = queue or WorkQueue()
         self.in_flight = 0
         self.passes = 0
+        self.caches: Caches | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -66,12 +65,11 @@ class TopologyController:
         self.queue.add(KEY)
 
     async def run(self) -> None:
-        """Until cancelled: one worker, the resync timer and the watch triggers."""
+        """Until cancelled: one worker, the resync timer and the informers (watch triggers)."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._worker(), name="reconcile-worker")
             tg.create_task(self._resync_loop(), name="reconcile-resync")
-            for res in (r.KUBEADM_CONTROL_PLANE, r.MACHINE_DEPLOYMENT, r.MACHINE_SET):
-                tg.create_task(self._watch_loop(res), name=f"watch-{res.plural}")
+            tg.create_task(self._informers_loop(), name="informers")
 
     async def drain(self, grace: float) -> bool:
         """Stop taking work; wait up to `grace` for the pass in flight. True if it finished."""
@@ -87,37 +85,29 @@ class TopologyController:
             self.trigger()
             await asyncio.sleep(self.resync)
 
-    async def _watch_loop(self, res: Resource) -> None:
-        """Watch as a trigger only: any event enqueues the key. Relist (restart) on 410."""
-        backoff = 0.2
-        rv: str | None = None
+    async def _informers_loop(self) -> None:
+        """Keep informers for the desired spec's namespace and provider (restarted if they
+        change, which a spec may do only by mistake, but must not break the agent)."""
         while True:
             spec = self.desired()
             if spec is None:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.5)
                 continue
+            caches = Caches(self.kube, spec, self.trigger)
+            self.caches = caches
+            task = asyncio.create_task(caches.run(), name="informers-run")
             try:
-                if rv is None:
-                    listed = await self.kube.list(
-                        res, spec.namespace,
-                        label_selector=f"{capi.CAPI_CLUSTER_LABEL}={spec.cluster_name}")
-                    rv = listed.resource_version
-                async for ev in self.kube.watch(
-                        res, spec.namespace,
-                        label_selector=f"{capi.CAPI_CLUSTER_LABEL}={spec.cluster_name}",
-                        resource_version=rv, timeout_seconds=self.watch_timeout):
-                    rv = ev.resource_version or rv
-                    if ev.type != "BOOKMARK":
-                        self.trigger(f"{ev.type} {res.kind}")
-                backoff = 0.2
-            except Gone:
-                rv = None  # our position is too old: relist, and look at everything again
-                self.trigger(f"relist {res.kind}")
-            except KubeError as e:
-                log.warning("watch on %s failed, retrying in %.1fs: %s", res.plural, backoff, e)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, 30.0)
-                rv = None
+                while True:
+                    await asyncio.sleep(1.0)
+                    spec = self.desired()
+                    if spec is not None and (spec.namespace,
+                                             spec.infrastructure.provider) != caches.key:
+                        break
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                self.caches = None
 
     async def _worker(self) -> None:
         while True:
@@ -149,6 +139,7 @@ class TopologyController:
                     await self.on_pass(result)
 
     async def reconcile_once(self) -> PassResult:
+        self.passes += 1
         spec = self.desired()
         if spec is None:
             return PassResult(0, None, converged=True)
@@ -156,9 +147,16 @@ class TopologyController:
         observed: Observed | None = None
         done: list[Action] = []
         try:
-            observed = await observe(self.kube, spec)
+            caches = self.caches
+            if caches is not None and caches.synced and caches.key == (
+                    spec.namespace, spec.infrastructure.provider):
+                observed = caches.observe(spec)
+            else:
+                observed = await observe(self.kube, spec)
+                caches = None
             plan = plan_topology(spec, observed)
-            done = await execute(self.kube, plan)
+            done = await execute(self.kube, plan, written=caches.write_through
+                                 if caches is not None else None)
             for action in done:
                 log.info("%s", action.reason, extra={"kind": action.kind, "object": action.name,
                                                      "revision": spec.revision})

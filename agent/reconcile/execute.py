@@ -6,8 +6,10 @@ undone, the next one does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from agent.kube import resources as r
-from agent.kube.types import KubeClient, Resource
+from agent.kube.types import KubeClient, Obj, Resource
 from agent.plan import Action, Apply, Plan
 
 FIELD_MANAGER = "outpost-agent"
@@ -24,17 +26,21 @@ def resource_for(kind: str, api_version: str | None = None) -> Resource:
     raise UnknownKind(f"the agent has no resource mapping for kind {kind!r}")
 
 
-async def execute(kube: KubeClient, plan: Plan, *,
-                  field_manager: str = FIELD_MANAGER) -> list[Action]:
+async def execute(kube: KubeClient, plan: Plan, *, field_manager: str = FIELD_MANAGER,
+                  written: Callable[[Action, Obj | None], None] | None = None) -> list[Action]:
     """Apply each action; returns those done. The agent is the authority for the fields it
     applies, so server-side apply forces ownership of exactly those fields and no others."""
     done: list[Action] = []
     for action in plan.actions:
         if isinstance(action, Apply):
             res = resource_for(action.kind, action.body.get("apiVersion"))
-            await kube.apply(res, action.body, field_manager=field_manager, force=True)
+            result: Obj | None = await kube.apply(res, action.body,
+                                                  field_manager=field_manager, force=True)
         else:
             res = resource_for(action.kind)
             await kube.delete(res, action.name, action.namespace, uid=action.uid)
+            result = None
         done.append(action)
+        if written is not None:
+            written(action, result)
     return done

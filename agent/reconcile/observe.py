@@ -2,20 +2,83 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent.kube import resources as r
 from agent.kube.errors import NotFound
-from agent.kube.types import KubeClient, Obj
-from agent.plan import Observed
+from agent.kube.types import KubeClient, Obj, Resource
+from agent.plan import Action, Observed
 from agent.spec import ClusterSpec, capi
+
+from .informer import Informer
 
 
 def _by_name(items: list[Obj]) -> dict[str, Obj]:
     return {o["metadata"]["name"]: o for o in items}
 
 
+class Caches:
+    """The informers a topology pass reads from, for one cluster namespace and provider."""
+
+    def __init__(self, kube: KubeClient, spec: ClusterSpec,
+                 on_change: Callable[[str], None]) -> None:
+        ns = spec.namespace
+        by_cluster = f"{capi.CAPI_CLUSTER_LABEL}={spec.cluster_name}"
+        ours = f"{capi.LABEL_CLUSTER}={spec.cluster_name}"
+        self.key = (ns, spec.infrastructure.provider)
+        self.cluster = Informer(kube, r.CLUSTER, ns, on_change=on_change)
+        self.kcp = Informer(kube, r.KUBEADM_CONTROL_PLANE, ns, on_change=on_change)
+        self.mds = Informer(kube, r.MACHINE_DEPLOYMENT, ns, label_selector=by_cluster,
+                            on_change=on_change)
+        self.mss = Informer(kube, r.MACHINE_SET, ns, label_selector=by_cluster,
+                            on_change=on_change)
+        self.infra = Informer(kube, _infra_resource(spec), ns, label_selector=ours,
+                              on_change=on_change)
+        self.boot = Informer(kube, r.KUBEADM_CONFIG_TEMPLATE, ns, label_selector=ours,
+                             on_change=on_change)
+        self.all = (self.cluster, self.kcp, self.mds, self.mss, self.infra, self.boot)
+        self.by_kind = {i.res.kind: i for i in self.all}
+
+    def write_through(self, action: Action, result: Obj | None) -> None:
+        informer = self.by_kind.get(action.kind)
+        if informer is None:
+            return
+        if result is None:
+            informer.forget(action.name)
+        else:
+            informer.store(result)
+
+    @property
+    def synced(self) -> bool:
+        return all(i.synced.is_set() for i in self.all)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for informer in self.all:
+                tg.create_task(informer.run(), name=f"informer-{informer.res.plural}")
+
+    def observe(self, spec: ClusterSpec, now: datetime | None = None) -> Observed:
+        cluster = self.cluster.get(spec.cluster_name) or {}
+        ref = (cluster.get("spec") or {}).get("controlPlaneRef") or {}
+        return Observed(
+            now=now or datetime.now(UTC),
+            kcp=self.kcp.get(ref.get("name") or capi.kcp_name(spec)),
+            machine_deployments=dict(self.mds.items),
+            machine_sets=tuple(self.mss.items.values()),
+            infra_templates=dict(self.infra.items),
+            bootstrap_templates=dict(self.boot.items),
+        )
+
+
+def _infra_resource(spec: ClusterSpec) -> Resource:
+    return (r.VSPHERE_MACHINE_TEMPLATE if spec.infrastructure.provider == "vsphere"
+            else r.DEV_MACHINE_TEMPLATE)
+
+
 async def observe(kube: KubeClient, spec: ClusterSpec, now: datetime | None = None) -> Observed:
+    """Straight from the API: used until the informers have synced."""
     ns = spec.namespace
     kcp_name = capi.kcp_name(spec)
     try:
@@ -30,8 +93,7 @@ async def observe(kube: KubeClient, spec: ClusterSpec, now: datetime | None = No
         kcp = None
     by_cluster = f"{capi.CAPI_CLUSTER_LABEL}={spec.cluster_name}"
     ours = f"{capi.LABEL_CLUSTER}={spec.cluster_name}"
-    infra_res = (r.VSPHERE_MACHINE_TEMPLATE if spec.infrastructure.provider == "vsphere"
-                 else r.DEV_MACHINE_TEMPLATE)
+    infra_res = _infra_resource(spec)
     mds = await kube.list(r.MACHINE_DEPLOYMENT, ns, label_selector=by_cluster)
     mss = await kube.list(r.MACHINE_SET, ns, label_selector=by_cluster)
     infra = await kube.list(infra_res, ns, label_selector=ours)

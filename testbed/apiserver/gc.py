@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import copy
 import logging
+from collections import Counter
 
 from .errors import ApiError
-from .registry import NS_KEY, Registry
+from .registry import CRD_CLEANUP, CRD_KEY, NS_KEY, Registry, set_condition
+from .resources import ResourceType
 from .store import Event, Obj
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,8 @@ class ClusterControllers:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         registry.store.subscribe(self._on_event)
+        for ns in list(registry.store.items(NS_KEY)):  # the namespaces the cluster started with
+            self._default_service_account(ns["metadata"]["name"])
 
     def _on_event(self, ev: Event) -> None:
         self._wake.set()
@@ -81,14 +85,24 @@ class ClusterControllers:
         for ns in list(store.items(NS_KEY)):
             if ns["metadata"].get("deletionTimestamp"):
                 self._terminate_namespace(ns)
+        for crd in list(store.items(CRD_KEY)):
+            if crd["metadata"].get("deletionTimestamp") and CRD_CLEANUP in (
+                    crd["metadata"].get("finalizers") or []):
+                self._finalize_crd(crd)
 
     def _owner_alive(self, ref: dict[str, object], ns: str) -> bool:
-        hit = self.registry.store.by_uid(str(ref.get("uid", "")))
-        if hit is None:
-            return False
-        _, owner = hit
-        # A deleted-and-recreated owner with the same name but a new uid is not the owner.
-        return bool(owner["metadata"]["name"] == ref.get("name"))
+        """Whether an ownerReference resolves, judged as the real collector judges it: the owner
+        is looked up by kind and name (in the dependent's namespace when the owner's kind is
+        namespaced) and must carry the referenced uid. A deleted-and-recreated owner with the
+        same name, or a namespaced owner in another namespace, is absent."""
+        reg = self.registry
+        rt = reg.type_by_kind(str(ref.get("apiVersion", "")), str(ref.get("kind", "")))
+        if rt is None:
+            return True  # an owner kind that cannot be resolved is retried, never collected
+        if rt.namespaced and not ns:
+            return True  # a cluster-scoped dependent of a namespaced owner is left alone
+        owner = reg.store.peek(rt.key, (ns if rt.namespaced else "", str(ref.get("name", ""))))
+        return owner is not None and owner["metadata"]["uid"] == ref.get("uid")
 
     def _delete(self, rkey: str, obj: Obj, policy: str) -> None:
         rt = self.registry.type_of(rkey)
@@ -137,27 +151,103 @@ class ClusterControllers:
         if not blocking:
             self._remove_finalizer(rkey, obj, "foregroundDeletion")
 
-    def _terminate_namespace(self, ns: Obj) -> None:
-        name = ns["metadata"]["name"]
-        remaining = 0
-        for rt in self.registry.types():
-            if not rt.namespaced:
-                continue
-            for obj in list(self.registry.store.items(rt.key, name)):
-                remaining += 1
+    def _finalize_crd(self, crd: Obj) -> None:
+        """The CRD finalizer: delete every instance, wait for them to go (their own finalizers
+        may hold them), then release the CRD, which stops serving the kind."""
+        reg = self.registry
+        rt = reg.type_of(reg.crd_rkey(crd))
+        remaining: list[Obj] = []
+        if rt is not None and rt.custom:
+            for obj in list(reg.store.items(rt.key)):
                 if not obj["metadata"].get("deletionTimestamp"):
                     self._delete(rt.key, obj, "Background")
+            remaining = list(reg.store.items(rt.key))
+        name = crd["metadata"]["name"]
+        crt = reg.type_for("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        new = copy.deepcopy(crd)
         if remaining:
+            set_condition(new, "Terminating", "True", "InstanceDeletionInProgress",
+                           "CustomResource deletion is in progress")
+        else:
+            set_condition(new, "Terminating", "False", "InstanceDeletionCompleted",
+                           "removed all instances")
+        with contextlib.suppress(ApiError):
+            if new.get("status") != crd.get("status"):
+                reg.update(crt, None, name, new, subresource="status",
+                           manager="apiextensions-apiserver")
+            if remaining:
+                return
+            current = reg.store.peek(CRD_KEY, ("", name))
+            if current is None:
+                return
+            new = copy.deepcopy(current)
+            new["metadata"]["finalizers"] = [
+                f for f in new["metadata"].get("finalizers") or [] if f != CRD_CLEANUP]
+            reg.update(crt, None, name, new, manager="apiextensions-apiserver")
+
+    def _terminate_namespace(self, ns: Obj) -> None:
+        name = ns["metadata"]["name"]
+        store = self.registry.store
+        namespaced = [rt for rt in self.registry.types() if rt.namespaced]
+        issued = 0
+        for rt in namespaced:
+            for obj in list(store.items(rt.key, name)):
+                if not obj["metadata"].get("deletionTimestamp"):
+                    self._delete(rt.key, obj, "Background")
+                    issued += 1
+        left: Counter[str] = Counter()
+        held: Counter[str] = Counter()
+        for rt in namespaced:
+            for obj in store.items(rt.key, name):
+                left[rt.qualified_resource] += 1
+                held.update(obj["metadata"].get("finalizers") or [])
+        ns_rt = self.registry.type_for("", "v1", "namespaces")
+        with contextlib.suppress(ApiError):
+            self._namespace_conditions(ns_rt, name, left, held)
+        if left or issued:  # the namespace is finalized on a later pass, once seen empty
             return
-        rt = self.registry.type_for("", "v1", "namespaces")
-        new = copy.deepcopy(ns)
-        new.setdefault("spec", {})["finalizers"] = []
-        current = self.registry.store.peek(NS_KEY, ("", name))
+        current = store.peek(NS_KEY, ("", name))
         if current is None:
             return
         with contextlib.suppress(ApiError):
             if (current.get("spec") or {}).get("finalizers"):
-                self.registry.update(rt, None, name, new, manager="namespace-controller")
-            current = self.registry.store.peek(NS_KEY, ("", name))
+                new = copy.deepcopy(current)
+                new["spec"]["finalizers"] = []
+                self.registry.update(ns_rt, None, name, new, manager="namespace-controller")
+            current = store.peek(NS_KEY, ("", name))
             if current is not None and not current["metadata"].get("finalizers"):
-                self.registry.store.remove(NS_KEY, copy.deepcopy(current))
+                store.remove(NS_KEY, copy.deepcopy(current))
+
+    def _namespace_conditions(self, ns_rt: ResourceType, name: str, left: Counter[str],
+                              held: Counter[str]) -> None:
+        """The conditions the namespace controller reports while it empties a namespace."""
+        current = self.registry.store.peek(NS_KEY, ("", name))
+        if current is None:
+            return
+        new = copy.deepcopy(current)
+        for ctype, reason, message in (
+            ("NamespaceDeletionDiscoveryFailure", "ResourcesDiscovered",
+             "All resources successfully discovered"),
+            ("NamespaceDeletionGroupVersionParsingFailure", "ParsedGroupVersions",
+             "All legacy kube types successfully parsed"),
+            ("NamespaceDeletionContentFailure", "ContentDeleted",
+             "All content successfully deleted, may be waiting on finalization"),
+        ):
+            set_condition(new, ctype, "False", reason, message)
+        if left:
+            set_condition(new, "NamespaceContentRemaining", "True", "SomeResourcesRemain",
+                          "Some resources are remaining: " + ", ".join(
+                              f"{r} has {n} resource instances" for r, n in sorted(left.items())))
+        else:
+            set_condition(new, "NamespaceContentRemaining", "False", "ContentRemoved",
+                          "All content successfully removed")
+        if held:
+            set_condition(new, "NamespaceFinalizersRemaining", "True", "SomeFinalizersRemain",
+                          "Some content in the namespace has finalizers remaining: " + ", ".join(
+                              f"{f} in {n} resource instances" for f, n in sorted(held.items())))
+        else:
+            set_condition(new, "NamespaceFinalizersRemaining", "False", "ContentHasNoFinalizers",
+                          "All content-preserving finalizers finished")
+        if new.get("status") != current.get("status"):
+            self.registry.update(ns_rt, None, name, new, subresource="status",
+                                 manager="namespace-controller")

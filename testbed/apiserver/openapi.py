@@ -70,3 +70,21 @@ def root_document(types: list[ResourceType]) -> dict[str, Any]:
         digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
         out[gv] = {"serverRelativeURL": f"/openapi/v3/{gv}?hash={digest.upper()}"}
     return {"paths": out}
+
+
+def _pb_string(field: int, value: bytes) -> bytes:
+    """One length-delimited protobuf field (all lengths here are below 128)."""
+    assert len(value) < 128
+    return bytes([field << 3 | 2, len(value)]) + value
+
+
+# The Swagger 2.0 document at /openapi/v2, as protobuf (gnostic openapi_v2.Document): field 1
+# `swagger` = "2.0", field 2 `info` = {1 title, 2 version}.
+V2_PROTOBUF_TYPE = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+V2_PROTOBUF = _pb_string(1, b"2.0") + _pb_string(
+    2, _pb_string(1, b"Kubernetes") + _pb_string(2, b"v1.36.0"))
+
+
+def v2_document() -> dict[str, Any]:
+    return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.36.0"},
+            "paths": {}, "definitions": {}}

@@ -43,6 +43,34 @@ _LABEL_KEY = re.compile(
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 SERVER_META = ("uid", "resourceVersion", "creationTimestamp", "generation", "deletionTimestamp",
                "deletionGracePeriodSeconds", "selfLink")
+CRD_CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
+UPDATE_NEEDS_RESOURCE_VERSION = ("CustomResourceDefinition", "ValidatingWebhookConfiguration",
+                                 "MutatingWebhookConfiguration")
+KUBERNETES_SERVICE = {
+    "metadata": {"name": "kubernetes",
+                 "labels": {"component": "apiserver", "provider": "kubernetes"}},
+    "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"],
+             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+             "sessionAffinity": "None", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+             "internalTrafficPolicy": "Cluster"},
+}
+KUBERNETES_ENDPOINTS = {
+    "metadata": {"name": "kubernetes",
+                 "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+    "subsets": [{"addresses": [{"ip": "127.0.0.1"}],
+                 "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}],
+}
+# (kind, path, Go struct field, Go element type) of the string maps built-in kinds decode.
+STRING_MAPS = (
+    ("*", ("metadata", "labels"), "ObjectMeta.metadata.labels", "string"),
+    ("*", ("metadata", "annotations"), "ObjectMeta.metadata.annotations", "string"),
+    ("ConfigMap", ("data",), "ConfigMap.data", "string"),
+    ("ConfigMap", ("binaryData",), "ConfigMap.binaryData", "[]uint8"),
+    ("Secret", ("data",), "Secret.data", "[]uint8"),
+    ("Secret", ("stringData",), "Secret.stringData", "string"),
+    ("Service", ("spec", "selector"), "ServiceSpec.spec.selector", "string"),
+)
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
@@ -54,6 +82,35 @@ def _cause(field: str, reason: str, message: str) -> dict[str, Any]:
     return {"reason": reason, "message": message, "field": field}
 
 
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "array" if isinstance(value, list) else "object" if isinstance(value, dict) else (
+        "string")
+
+
+def _base64_error_at(text: str) -> int:
+    """Where Go's base64 decoder reports a malformed input (first bad byte, or the padding)."""
+    for i, ch in enumerate(text):
+        if not (ch.isascii() and (ch.isalnum() or ch in "+/=")):
+            return i
+    return len(text) // 4 * 4
+
+
+def set_condition(obj: Obj, ctype: str, status: str, reason: str, message: str) -> None:
+    """Set one status condition, keeping its transition time when its status is unchanged."""
+    conds = obj.setdefault("status", {}).setdefault("conditions", [])
+    cur = next((c for c in conds if c.get("type") == ctype), None)
+    if cur is None:
+        cur = {"type": ctype}
+        conds.append(cur)
+    if cur.get("status") != status or "lastTransitionTime" not in cur:
+        cur["lastTransitionTime"] = now_rfc3339()
+    cur.update(status=status, reason=reason, message=message)
+
+
 class Registry:
     """All resource types and objects of one emulated cluster."""
 
@@ -61,12 +118,19 @@ class Registry:
         self.store = store or Store()
         self._types: dict[str, ResourceType] = {}
         self._by_gvr: dict[tuple[str, str, str], ResourceType] = {}
+        self._kinds: dict[tuple[str, str], ResourceType] = {}
+        self._kinds_version = -1
         self.types_version = 0  # bumped whenever the served types change (discovery caches)
         for rt in builtin_types():
             self._register(rt)
         for ns in INITIAL_NAMESPACES:
             self.create(self.type_for("", "v1", "namespaces"), None,
                         {"metadata": {"name": ns}}, manager="testbed")
+        # What kube-apiserver's own bootstrap controller keeps in place: the `kubernetes` service.
+        self.create(self.type_for("", "v1", "services"), "default", KUBERNETES_SERVICE,
+                    manager="kube-apiserver")
+        self.create(self.type_for("", "v1", "endpoints"), "default", KUBERNETES_ENDPOINTS,
+                    manager="kube-apiserver")
 
     # -- types -----------------------------------------------------------------------------
     def _register(self, rt: ResourceType) -> None:
@@ -86,6 +150,7 @@ class Registry:
             for v in rt.versions:
                 self._by_gvr.pop((rt.group, v, rt.plural), None)
             self.store.drop_type(rkey)
+            self.store.close_watches(rkey)  # its storage is gone: so are the watches on it
 
     def types(self) -> list[ResourceType]:
         return list(self._types.values())
@@ -101,11 +166,11 @@ class Registry:
         return self._by_gvr.get((group, version, plural))
 
     def type_by_kind(self, api_version: str, kind: str) -> ResourceType | None:
-        group, _, version = api_version.rpartition("/")
-        for rt in self._types.values():
-            if rt.group == group and rt.kind == kind and version in rt.versions:
-                return rt
-        return None
+        if self._kinds_version != self.types_version:  # the garbage collector asks a lot
+            self._kinds = {(rt.api_version(v), rt.kind): rt
+                           for rt in self._types.values() for v in rt.versions}
+            self._kinds_version = self.types_version
+        return self._kinds.get((api_version, kind))
 
     def lists_for(self, rt: ResourceType, version: str | None) -> ListSchema:
         if rt.custom:
@@ -186,7 +251,7 @@ class Registry:
         if rt.kind == "CustomResourceDefinition":
             causes.extend(self._validate_crd(obj))
         if causes:
-            raise errors.invalid(rt.qualified_kind, rt.group, rt.plural,
+            raise errors.invalid(rt.qualified_kind, rt.group, rt.kind,
                                  obj["metadata"].get("name", ""), causes)
 
     def _validate_crd(self, obj: Obj) -> list[dict[str, Any]]:
@@ -238,11 +303,33 @@ class Registry:
             elif spec.get("type") != "ExternalName":
                 n = self.store.rv % 65000
                 spec.setdefault("clusterIP", f"10.96.{n // 250}.{n % 250 + 2}")
+            spec.setdefault("sessionAffinity", "None")
+            if spec.get("type") != "ExternalName":
+                spec.setdefault("clusterIPs", [spec["clusterIP"]])
+                spec.setdefault("ipFamilies", ["IPv4"])
+                spec.setdefault("ipFamilyPolicy", "SingleStack")
+                spec.setdefault("internalTrafficPolicy", "Cluster")
+            node_ports = spec.get("type") in ("NodePort", "LoadBalancer")
+            if node_ports:
+                spec.setdefault("externalTrafficPolicy", "Cluster")
+            if spec.get("type") == "LoadBalancer":
+                spec.setdefault("allocateLoadBalancerNodePorts", True)
+            old_ports = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort")
+                         for p in ((old or {}).get("spec") or {}).get("ports") or []}
             for p in spec.get("ports") or []:
                 p.setdefault("protocol", "TCP")
                 p.setdefault("targetPort", p.get("port"))
+                if node_ports and not p.get("nodePort"):
+                    kept = old_ports.get((p.get("port"), p["protocol"]))
+                    p["nodePort"] = kept or self._free_node_port(spec["ports"])
         elif rt.kind in ("Deployment", "StatefulSet", "ReplicaSet"):
             obj.setdefault("spec", {}).setdefault("replicas", 1)
+
+    def _free_node_port(self, taking: list[Obj]) -> int:
+        used = {p.get("nodePort") for svc in self.store.items("services")
+                for p in (svc.get("spec") or {}).get("ports") or []}
+        used |= {p.get("nodePort") for p in taking}
+        return next(n for n in range(30000, 32768) if n not in used)
 
     def _prepare(self, rt: ResourceType, obj: Obj, old: Obj | None, version: str | None) -> None:
         if rt.custom or rt.kind == "CustomResourceDefinition":
@@ -251,7 +338,7 @@ class Registry:
             self._admit_builtin(rt, obj, old)
             causes = self._validate_meta(rt, obj)
             if causes:
-                raise errors.invalid(rt.qualified_kind, rt.group, rt.plural,
+                raise errors.invalid(rt.qualified_kind, rt.group, rt.kind,
                                      obj["metadata"].get("name", ""), causes)
 
     @staticmethod
@@ -277,7 +364,44 @@ class Registry:
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise errors.bad_request("metadata must be an object")
+        if not rt.custom:
+            self._decode_string_maps(rt, obj, version)
         return obj
+
+    @staticmethod
+    def _decode_string_maps(rt: ResourceType, obj: Obj, version: str | None) -> None:
+        """The typed decoding of a built-in kind, for its string maps: a number or a bool where
+        Go has a string fails to decode (400), as `data: {port: 8080}` does on a real server."""
+        for kind, path, field, go_type in STRING_MAPS:
+            if kind not in ("*", rt.kind):
+                continue
+            parent: Any = obj
+            for part in path[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+            if not isinstance(parent, dict) or parent.get(path[-1]) is None:
+                continue
+            value = parent[path[-1]]
+            bad = None
+            if not isinstance(value, dict):
+                bad, go_type = _json_type(value), f"map[string]{go_type}"
+            else:
+                for k, v in value.items():
+                    if v is None:
+                        value[k] = ""  # null decodes to the zero value
+                    elif not isinstance(v, str):
+                        bad = _json_type(v)
+                    elif go_type == "[]uint8" and not _BASE64.fullmatch(v):
+                        raise errors.bad_request(
+                            f'{rt.kind} in version "{version or rt.preferred_version}" '
+                            f"cannot be handled as a {rt.kind}: illegal base64 data at input "
+                            f"byte {_base64_error_at(v)}")
+                    if bad:
+                        break
+            if bad:
+                raise errors.bad_request(
+                    f'{rt.kind} in version "{version or rt.preferred_version}" cannot be handled '
+                    f"as a {rt.kind}: json: cannot unmarshal {bad} into Go struct field "
+                    f"{field} of type {go_type}")
 
     def _record(self, rt: ResourceType, old: Obj | None, new: Obj, manager: str,
                 subresource: str | None, version: str | None) -> None:
@@ -308,6 +432,7 @@ class Registry:
             suffix = "".join(secrets.choice(string.ascii_lowercase + "bcdfghjklmnpqrstvwxz2456789")
                              for _ in range(5))
             meta["name"] = meta["generateName"] + suffix
+        rv_set = str(meta.get("resourceVersion") or "")
         for f in SERVER_META:
             meta.pop(f, None)
         if rt.status and not keep_status:
@@ -318,6 +443,9 @@ class Registry:
             e.message = e.message.replace("{name}", meta.get("name", ""))
             raise
         self._prepare(rt, obj, None, version)
+        if rv_set.isdigit() and int(rv_set) > 0 and not dry_run:
+            # etcd refuses it before it looks for the key; a real server answers with a bare 500.
+            raise ApiError(500, "", "resourceVersion should not be set on objects to be created")
         if self.store.peek(rt.key, (ns or "", meta["name"])) is not None:
             raise errors.already_exists(rt.group, rt.plural, meta["name"])
         meta["uid"] = str(uuid.uuid4())
@@ -356,7 +484,15 @@ class Registry:
         want_rv = meta.get("resourceVersion") or precondition_rv
         if want_rv and want_rv != old["metadata"]["resourceVersion"]:
             raise errors.conflict(rt.group, rt.plural, name, errors.STALE)
+        if not want_rv and not self.allows_unconditional_update(rt):
+            raise errors.invalid(rt.qualified_resource, rt.group, rt.plural, name, [_cause(
+                "metadata.resourceVersion", "FieldValueInvalid",
+                "Invalid value: 0x0: must be specified for an update")])
         old_meta = old["metadata"]
+        if subresource is None and meta.get("uid") and meta["uid"] != old_meta["uid"]:
+            raise errors.invalid(rt.qualified_kind, rt.group, rt.kind, name, [_cause(
+                "metadata.uid", "FieldValueInvalid",
+                f'Invalid value: "{meta["uid"]}": field is immutable')])
         if subresource == "status":
             status = new.get("status")
             new = copy.deepcopy(old)
@@ -383,9 +519,11 @@ class Registry:
             if old_meta.get("deletionTimestamp"):
                 added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
                 if added:
-                    raise errors.forbidden(f'{rt.qualified_resource} "{name}" is forbidden: no '
-                                           "new finalizers can be added if the object is being "
-                                           "deleted")
+                    found = ", ".join(f'"{f}"' for f in sorted(added))
+                    raise errors.invalid(rt.qualified_kind, rt.group, rt.kind, name, [_cause(
+                        "metadata.finalizers", "FieldValueForbidden",
+                        "Forbidden: no new finalizers can be added if the object is being "
+                        f"deleted, found new finalizers []string{{{found}}}")])
         self._prepare(rt, new, old, version)
         if rt.generation and self._content(new) != self._content(old):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
@@ -401,9 +539,13 @@ class Registry:
             return self._served(rt, copy.deepcopy(old), version)
         if dry_run:
             return self._served(rt, new, version)
-        if old_meta.get("deletionTimestamp") and not meta.get("finalizers"):
-            return self._served(rt, self.store.remove(rt.key, self._served(rt, new, None)),
-                                version)
+        # A namespace also waits for its spec.finalizers (the namespace controller's) to clear.
+        if old_meta.get("deletionTimestamp") and not meta.get("finalizers") and not (
+                rt.kind == "Namespace" and (new.get("spec") or {}).get("finalizers")):
+            final = self.store.remove(rt.key, self._served(rt, new, None))
+            if rt.kind == "CustomResourceDefinition":
+                self._unregister(self.crd_rkey(final))
+            return self._served(rt, final, version)
         meta["resourceVersion"] = str(self.store.next_rv())
         stored = self.store.put(rt.key, new, "MODIFIED", old)
         if rt.kind == "CustomResourceDefinition" and subresource is None:
@@ -456,6 +598,18 @@ class Registry:
             self.orphan_dependents(meta["uid"])
         if propagation == "Foreground" and "foregroundDeletion" not in finalizers:
             finalizers.append("foregroundDeletion")
+        if rt.kind == "CustomResourceDefinition" and not nmeta.get("deletionTimestamp"):
+            # The CRD's own delete: mark it, let the finalizer controller remove the instances.
+            if CRD_CLEANUP not in finalizers:
+                finalizers.append(CRD_CLEANUP)
+            nmeta["deletionTimestamp"] = now_rfc3339()
+            nmeta["finalizers"] = finalizers
+            set_condition(new, "Terminating", "True", "InstanceDeletionPending",
+                           "CustomResourceDefinition marked for deletion; CustomResource "
+                           "deletion will begin soon")
+            nmeta["resourceVersion"] = str(self.store.next_rv())
+            stored = self.store.put(rt.key, new, "MODIFIED", obj)
+            return self._served(rt, copy.deepcopy(stored), version), False
         if rt.kind == "Namespace" and not nmeta.get("deletionTimestamp"):
             new.setdefault("status", {})["phase"] = "Terminating"
             finalizers = finalizers or []
@@ -478,7 +632,7 @@ class Registry:
             return self._served(rt, copy.deepcopy(stored), version), False
         final = self.store.remove(rt.key, new)
         if rt.kind == "CustomResourceDefinition":
-            self._unregister(self._crd_rkey(final))
+            self._unregister(self.crd_rkey(final))
         return self._served(rt, final, version), True
 
     def orphan_dependents(self, uid: str) -> None:
@@ -494,8 +648,18 @@ class Registry:
                             manager="garbage-collector")
 
     # -- CRDs ------------------------------------------------------------------------------
+    def crd_terminating(self, rt: ResourceType) -> bool:
+        crd = self.store.peek(CRD_KEY, ("", rt.crd_name)) if rt.crd_name else None
+        return bool(crd and crd["metadata"].get("deletionTimestamp"))
+
     @staticmethod
-    def _crd_rkey(crd: Obj) -> str:
+    def allows_unconditional_update(rt: ResourceType) -> bool:
+        """Whether a PUT may omit metadata.resourceVersion (the strategy's
+        AllowUnconditionalUpdate): not for custom resources, CRDs or webhook configurations."""
+        return not (rt.custom or rt.kind in UPDATE_NEEDS_RESOURCE_VERSION)
+
+    @staticmethod
+    def crd_rkey(crd: Obj) -> str:
         spec = crd.get("spec") or {}
         return f"{(spec.get('names') or {}).get('plural')}.{spec.get('group')}"
 

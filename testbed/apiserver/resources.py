@@ -39,6 +39,7 @@ class ResourceType:
     columns: dict[str, list[PrinterColumn]] = field(default_factory=dict)
     field_labels: tuple[str, ...] = ()
     crd_name: str = ""
+    create_only: bool = False  # a review: answered on create, never stored
 
     @property
     def key(self) -> str:
@@ -63,6 +64,8 @@ class ResourceType:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
     def verbs(self) -> list[str]:
+        if self.create_only:
+            return ["create"]
         return ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
@@ -165,6 +168,40 @@ def builtin_types() -> list[ResourceType]:
             short_names=["pc"], generation=False),
         _rt("storage.k8s.io", "v1", "StorageClass", "storageclasses", False,
             short_names=["sc"], generation=False),
+        # Further kinds every real server serves, so manifests and kubectl find them too.
+        _rt("", "v1", "ResourceQuota", "resourcequotas", short_names=["quota"], status=True,
+            generation=False),
+        _rt("", "v1", "LimitRange", "limitranges", short_names=["limits"], generation=False),
+        _rt("", "v1", "ReplicationController", "replicationcontrollers", short_names=["rc"],
+            status=True, scale=_REPLICAS_SCALE, categories=["all"]),
+        _rt("", "v1", "PodTemplate", "podtemplates", generation=False),
+        _rt("apps", "v1", "ControllerRevision", "controllerrevisions", generation=False),
+        _rt("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers",
+            short_names=["hpa"], status=True, categories=["all"], generation=False),
+        _rt("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", generation=False),
+        _rt("apiregistration.k8s.io", "v1", "APIService", "apiservices", False, status=True,
+            categories=["api-extensions"]),
+        _rt("certificates.k8s.io", "v1", "CertificateSigningRequest",
+            "certificatesigningrequests", False, short_names=["csr"], status=True,
+            generation=False),
+        _rt("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", False, generation=False),
+        _rt("storage.k8s.io", "v1", "CSIDriver", "csidrivers", False, generation=False),
+        _rt("storage.k8s.io", "v1", "CSINode", "csinodes", False, generation=False),
+        _rt("storage.k8s.io", "v1", "VolumeAttachment", "volumeattachments", False,
+            status=True, generation=False),
+        _rt("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy",
+            "validatingadmissionpolicies", False, status=True, categories=["api-extensions"]),
+        _rt("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings", False, categories=["api-extensions"]),
+        # Reviews (`kubectl auth can-i`, `kubectl auth whoami`): answered, never stored.
+        *(_rt(group, "v1", kind, kind.lower() + "s", namespaced, create_only=True,
+              generation=False)
+          for group, kind, namespaced in (
+              ("authorization.k8s.io", "SelfSubjectAccessReview", False),
+              ("authorization.k8s.io", "SelfSubjectRulesReview", False),
+              ("authorization.k8s.io", "SubjectAccessReview", False),
+              ("authorization.k8s.io", "LocalSubjectAccessReview", True),
+              ("authentication.k8s.io", "SelfSubjectReview", False))),
     ]
 
 

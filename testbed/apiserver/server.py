@@ -30,6 +30,7 @@ from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strate
 from .registry import Registry, now_rfc3339
 from .resources import ResourceType
 from .selectors import (
+    FieldSelector,
     SelectorError,
     label_selector_string,
     parse_field_selector,
@@ -41,11 +42,26 @@ from .table import to_table
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PATCH_TYPES = {
     "application/json-patch+json": "json",
     "application/merge-patch+json": "merge",
     "application/strategic-merge-patch+json": "strategic",
     "application/apply-patch+yaml": "apply",
+}
+
+
+ADMIN = {"username": "kubernetes-admin",
+         "groups": ["kubeadm:cluster-admins", "system:authenticated"]}
+REVIEW_STATUS: dict[str, Any] = {
+    "SelfSubjectAccessReview": {"allowed": True},
+    "SubjectAccessReview": {"allowed": True},
+    "LocalSubjectAccessReview": {"allowed": True},
+    "SelfSubjectRulesReview": {
+        "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+        "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+        "incomplete": False},
+    "SelfSubjectReview": {"userInfo": ADMIN},
 }
 
 
@@ -57,6 +73,7 @@ class Route:
     plural: str
     name: str | None
     sub: str | None
+    watch: bool = False  # the deprecated /watch/ path form
 
 
 def parse_path(path: str) -> Route | None:
@@ -67,6 +84,9 @@ def parse_path(path: str) -> Route | None:
         group, version, rest = segs[1], segs[2], segs[3:]
     else:
         return None
+    watching = bool(rest) and rest[0] == "watch"
+    if watching:
+        rest = rest[1:]
     if not rest:
         return None
     if (rest[0] == "namespaces" and len(rest) >= 3
@@ -74,10 +94,10 @@ def parse_path(path: str) -> Route | None:
         ns, rest = rest[1], rest[2:]
     else:
         ns = None
-    if len(rest) > 3:
+    if len(rest) > 3 or (watching and len(rest) > 2):
         return None
     return Route(group, version, ns, rest[0], rest[1] if len(rest) > 1 else None,
-                 rest[2] if len(rest) > 2 else None)
+                 rest[2] if len(rest) > 2 else None, watching)
 
 
 def _status_ok(rt: ResourceType, name: str, uid: str) -> dict[str, Any]:
@@ -118,6 +138,7 @@ class ApiServer:
         self.faults = Faults()
         self.controllers = ClusterControllers(self.registry, delay=gc_delay)
         self.bookmark_interval = bookmark_interval
+        self.fresh_wait = 3.0  # how long a read at a future resourceVersion waits before 504
         self.requests: Counter[str] = Counter()
         self.down = False
         self._runner: web.AppRunner | None = None
@@ -197,6 +218,13 @@ class ApiServer:
             if path.startswith("/testbed/"):
                 return await self._control(request)
             self.faults.check(request.method, path)
+            delay = self.faults.delay_for(request.method, path)
+            if delay:
+                self.faults.delaying += 1
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self.faults.delaying -= 1
             resp = self._discovery(request, path)
             if resp is not None:
                 return resp
@@ -241,6 +269,14 @@ class ApiServer:
             return web.json_response(doc)
         if p.startswith("/openapi/v3"):
             return self._openapi(p)
+        if p == "/openapi/v2":
+            # kubectl falls back to it to validate kinds it finds no v3 document for (a custom
+            # resource whose CRD is in the same apply). It holds no definitions, which makes
+            # kubectl skip client-side validation, as it does for kinds a real document lacks.
+            if "protobuf" in request.headers.get("Accept", ""):
+                return web.Response(body=openapi.V2_PROTOBUF,
+                                    content_type=openapi.V2_PROTOBUF_TYPE)
+            return web.json_response(openapi.v2_document())
         return None
 
     def _openapi(self, p: str) -> web.Response:
@@ -270,6 +306,9 @@ class ApiServer:
         if action == "fail":
             self.faults.fail_next(int(body.get("count", 1)), int(body.get("code", 500)),
                                   body.get("path"), body.get("method"))
+        elif action == "delay":
+            self.faults.delay_next(int(body.get("count", 1)), float(body.get("seconds", 1)),
+                                   body.get("path"), body.get("method"))
         elif action == "clear":
             self.faults.clear()
         elif action == "cut-watches":
@@ -278,7 +317,7 @@ class ApiServer:
             self.store.compact()
         else:
             raise errors.bad_request(
-                "action must be one of: fail, clear, cut-watches, compact")
+                "action must be one of: fail, delay, clear, cut-watches, compact")
         return web.json_response({"ok": True})
 
     # -- resources -------------------------------------------------------------------------
@@ -292,11 +331,19 @@ class ApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         q = request.query
         m = request.method
+        if rt.create_only:
+            if m != "POST" or r.name is not None or r.watch:
+                raise errors.method_not_allowed()
+            return await self._review(request, rt, r)
+        if r.watch:
+            if m != "GET":
+                raise errors.method_not_allowed()
+            return await self._watch(request, rt, r)
         if r.name is None:
             if m == "GET":
                 if q.get("watch", "").lower() in ("true", "1"):
                     return await self._watch(request, rt, r)
-                return self._list(request, rt, r)
+                return await self._list(request, rt, r)
             if m == "POST":
                 return await self._create(request, rt, r)
             if m == "DELETE":
@@ -305,10 +352,11 @@ class ApiServer:
         if r.sub == "scale":
             return await self._scale(request, rt, r)
         if m == "GET":
+            await self._wait_for_rv(self._parse_rv(q.get("resourceVersion", "")))
             obj = self.registry.get(rt, r.namespace, r.name, r.version)
             return self._respond(request, rt, r.version, obj)
         if m == "PUT":
-            body = await self._body(request)
+            body = await self._object_body(request, rt)
             obj = self.registry.update(rt, r.namespace, r.name, body,
                                        subresource=self._sub(r), manager=self._manager(request),
                                        version=r.version, dry_run=self._dry(request))
@@ -360,11 +408,28 @@ class ApiServer:
             except ProtobufError as e:
                 raise ApiError(415, "UnsupportedMediaType", str(e)) from e
         try:
-            if yaml_ok:
-                return yaml.safe_load(raw)
-            return json.loads(raw)
+            if not yaml_ok:
+                return json.loads(raw)
+            if raw.lstrip()[:1] in (b"{", b"["):
+                # JSON is YAML too, and most appliers send JSON: parse it the fast way.
+                with contextlib.suppress(ValueError):
+                    return json.loads(raw)
+            return yaml.load(raw, Loader=_YAML_LOADER)
         except (ValueError, yaml.YAMLError) as e:
             raise errors.bad_request(f"the body of the request could not be decoded: {e}") from e
+
+    async def _object_body(self, request: web.Request, rt: ResourceType) -> Any:
+        """The body of a create or update: JSON (also when no Content-Type is sent), YAML, or
+        protobuf for built-in kinds; anything else is 415 as the real decoder answers."""
+        ctype = request.content_type if request.headers.get("Content-Type") else JSON
+        accepted = [JSON, "application/yaml"]
+        if not rt.custom:
+            accepted.append("application/vnd.kubernetes.protobuf")
+        if ctype not in accepted:
+            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an "
+                           "unknown format - accepted media types include: "
+                           + ", ".join(accepted))
+        return await self._body(request, yaml_ok=ctype == "application/yaml")
 
     def _respond(self, request: web.Request, rt: ResourceType, version: str, obj: Obj,
                  status: int = 200) -> web.Response:
@@ -381,27 +446,49 @@ class ApiServer:
             fields = parse_field_selector(request.query.get("fieldSelector"), rt.field_labels)
         except SelectorError as e:
             raise errors.bad_request(str(e)) from e
+        if r.name is not None:  # a watch of one object: /watch/.../<plural>/<name>
+            fields = FieldSelector((*fields.terms, ("metadata.name", True, r.name)))
         return WatchFilter(rt.key, r.namespace, labels, fields)
 
-    def _list(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
+    async def _list(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
         flt = self._selectors(request, rt, r)
         q = request.query
         limit = int(q.get("limit") or 0)
+        rv = q.get("resourceVersion", "")
+        match = q.get("resourceVersionMatch", "")
+        self._validate_list_options(rv, match, q.get("continue", ""))
         start_after: tuple[str, str] | None = None
+        at: int | None = None  # the revision to read at; None reads the latest state
         if q.get("continue"):
+            if rv not in ("", "0"):
+                raise errors.bad_request("specifying resource version is not allowed when "
+                                         "using continue")
             try:
                 token = json.loads(base64.urlsafe_b64decode(q["continue"].encode()))
                 start_after = (token["ns"], token["name"])
-                if token["rv"] < self.store._floor:
-                    raise ApiError(410, "Expired", "The provided continue parameter is too old "
-                                   "to display a consistent list result. You can start a new "
-                                   "list without the continue parameter.")
+                at = int(token["rv"])
             except (ValueError, KeyError, TypeError) as e:
                 raise errors.bad_request(f"continue key is not valid: {e}") from e
+        elif rv not in ("", "0"):
+            want = self._parse_rv(rv)
+            await self._wait_for_rv(want)
+            if match == "Exact":
+                at = want
+        try:
+            source = (self.store.items_at(rt.key, at, r.namespace) if at is not None
+                      else list(self.store.items(rt.key, r.namespace)))
+        except TooOld as e:
+            if start_after is not None:
+                raise ApiError(410, "Expired", "The provided continue parameter is too old "
+                               "to display a consistent list result. You can start a new "
+                               "list without the continue parameter.") from e
+            raise ApiError(410, "Expired", "The resourceVersion for the provided list is too "
+                           "old.") from e
+        list_rv = at if at is not None else self.store.rv
         items: list[Obj] = []
         more = 0
         last: tuple[str, str] | None = None
-        for obj in self.store.items(rt.key, r.namespace):
+        for obj in source:
             meta = obj["metadata"]
             key = (meta.get("namespace", ""), meta["name"])
             if start_after is not None and key <= start_after:
@@ -413,10 +500,11 @@ class ApiServer:
                 continue
             items.append(obj)
             last = key
-        list_meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
+        list_meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
         if more and last is not None:
+            # Every page of a paginated list is read at the first page's revision.
             list_meta["continue"] = base64.urlsafe_b64encode(json.dumps(
-                {"rv": self.store.rv, "ns": last[0], "name": last[1]}).encode()).decode()
+                {"rv": list_rv, "ns": last[0], "name": last[1]}).encode()).decode()
             list_meta["remainingItemCount"] = more
         served = [self._serve(rt, o, r.version) for o in items]
         if "as=Table" in request.headers.get("Accept", ""):
@@ -424,6 +512,52 @@ class ApiServer:
                                               q.get("includeObject", "Metadata"), list_meta))
         return web.json_response({"kind": f"{rt.kind}List", "apiVersion": rt.api_version(
             r.version), "metadata": list_meta, "items": served})
+
+    @staticmethod
+    def _validate_list_options(rv: str, match: str, cont: str) -> None:
+        causes = []
+        if match:
+            if not rv:
+                causes.append(("FieldValueForbidden", "Forbidden: resourceVersionMatch is "
+                               "forbidden unless resourceVersion is provided"))
+            if cont:
+                causes.append(("FieldValueForbidden", "Forbidden: resourceVersionMatch is "
+                               "forbidden when continue is provided"))
+            if match not in ("Exact", "NotOlderThan"):
+                causes.append(("FieldValueNotSupported", f'Unsupported value: "{match}": '
+                               'supported values: "Exact", "NotOlderThan", ""'))
+            if match == "Exact" and rv == "0":
+                causes.append(("FieldValueForbidden", 'Forbidden: resourceVersionMatch "exact" '
+                               'is forbidden for resourceVersion "0"'))
+        if causes:
+            raise errors.invalid("ListOptions.meta.k8s.io", "meta.k8s.io", "ListOptions", "", [
+                {"reason": reason, "message": msg, "field": "resourceVersionMatch"}
+                for reason, msg in causes])
+
+    @staticmethod
+    def _parse_rv(rv: str) -> int:
+        """A resourceVersion from a query; a malformed one fails as etcd's versioner fails it
+        (500, with no reason, which is what real servers answer)."""
+        if rv in ("", "0"):
+            return 0
+        if not rv.isdigit():
+            raise ApiError(500, "", f'resourceVersion: Invalid value: "{rv}": strconv.ParseUint: '
+                           f'parsing "{rv}": invalid syntax')
+        return int(rv)
+
+    async def _wait_for_rv(self, want: int) -> None:
+        """A read at least as fresh as `want` waits a while for the store to get there, then
+        answers 504 as the watch cache does (clients retry after the advertised delay)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.fresh_wait
+        while self.store.rv < want:
+            if loop.time() >= deadline:
+                raise ApiError(504, "Timeout", f"Timeout: Too large resource version: {want}, "
+                               f"current: {self.store.rv}",
+                               {"causes": [{"reason": "ResourceVersionTooLarge",
+                                            "message": "Too large resource version"}],
+                                "retryAfterSeconds": 1}, retry_after=1)
+            await asyncio.sleep(0.02)
 
     @staticmethod
     def _serve(rt: ResourceType, obj: Obj, version: str) -> Obj:
@@ -438,18 +572,17 @@ class ApiServer:
         q = request.query
         rv = q.get("resourceVersion", "")
         initial = q.get("sendInitialEvents", "").lower() == "true"
-        since: int | None
-        if rv in ("", "0") or initial:
-            since = None
-        else:
-            try:
-                since = int(rv)
-            except ValueError as e:
-                raise errors.bad_request(f"invalid resource version: {rv}") from e
+        since: int | None = None if initial else (self._parse_rv(rv) or None)
         table = "as=Table" in request.headers.get("Accept", "")
         resp = web.StreamResponse(headers={"Content-Type": JSON,
                                            "Cache-Control": "no-cache, private"})
-        timeout = float(q.get("timeoutSeconds") or random.uniform(1800, 3600))
+        try:
+            timeout = float(int(q.get("timeoutSeconds") or 0))
+        except ValueError as e:
+            raise errors.bad_request(f'strconv.ParseInt: parsing "{q["timeoutSeconds"]}": '
+                                     "invalid syntax") from e
+        # No timeout, or 0, means the server's own: a random span of its minimum request timeout.
+        timeout = timeout or random.uniform(1800, 3600)
         bookmarks = q.get("allowWatchBookmarks", "").lower() in ("true", "1")
         try:
             watcher, backlog = self.store.watch(flt, since)
@@ -499,7 +632,7 @@ class ApiServer:
             try:
                 item = await asyncio.wait_for(watcher.queue.get(), wait)
             except TimeoutError:
-                if bookmarks and loop.time() < deadline:
+                if bookmarks and loop.time() < deadline and self.store.rv >= watcher.after:
                     mark = {"kind": rt.kind, "apiVersion": rt.api_version(version),
                             "metadata": {"resourceVersion": str(self.store.rv)}}
                     await resp.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode()
@@ -519,9 +652,35 @@ class ApiServer:
                                {"resourceVersion": obj["metadata"].get("resourceVersion", "")})
         await resp.write(json.dumps({"type": etype, "object": payload}).encode() + b"\n")
 
+    # -- reviews ---------------------------------------------------------------------------
+    async def _review(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
+        """Answer an access or identity review. Every client of the emulated cluster is its
+        administrator (as kubeadm's admin.conf user is), so every access is allowed."""
+        try:
+            body = await self._object_body(request, rt)
+        except ApiError as e:
+            # kubectl sends reviews as protobuf, which the decoder here does not know for these
+            # kinds; the answer needs nothing from the body, so it is given without its echo.
+            if e.code != 415 or request.content_type != "application/vnd.kubernetes.protobuf":
+                raise
+            body = {}
+        if not isinstance(body, dict):
+            raise errors.bad_request("the body of the request was in an unknown format")
+        out = {**body, "apiVersion": rt.api_version(r.version), "kind": rt.kind}
+        meta = dict(out.get("metadata") or {})
+        meta["creationTimestamp"] = None
+        if r.namespace:
+            meta["namespace"] = r.namespace
+        out["metadata"] = meta
+        out["status"] = REVIEW_STATUS[rt.kind]
+        return web.json_response(out, status=201)
+
     # -- writes ----------------------------------------------------------------------------
     async def _create(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
-        body = await self._body(request)
+        body = await self._object_body(request, rt)
+        if rt.custom and self.registry.crd_terminating(rt):
+            raise ApiError(405, "MethodNotAllowed", "create not allowed while custom resource "
+                           "definition is terminating", {"group": rt.group, "kind": rt.plural})
         if isinstance(body, dict):
             self._strict_fields(request, rt, r.version, body)
         obj = self.registry.create(rt, r.namespace, body, manager=self._manager(request),
@@ -618,9 +777,12 @@ class ApiServer:
                                        managed_fields=new_managed)
             return self._respond(request, rt, r.version, obj, status=201)
         merged["metadata"].pop("resourceVersion", None)
+        # A resourceVersion in the applied configuration is a precondition, as in any patch.
+        asked = (body.get("metadata") or {}).get("resourceVersion")
         obj = self.registry.update(rt, r.namespace, r.name, merged, subresource=self._sub(r),
                                    manager=manager, version=r.version, dry_run=dry,
-                                   precondition_rv=live["metadata"]["resourceVersion"],
+                                   precondition_rv=str(asked) if asked else
+                                   live["metadata"]["resourceVersion"],
                                    managed_fields=new_managed)
         return self._respond(request, rt, r.version, obj)
 
@@ -695,7 +857,7 @@ class ApiServer:
         if request.method == "GET":
             return web.json_response(scale)
         if request.method == "PUT":
-            new_scale = await self._body(request)
+            new_scale = await self._object_body(request, rt)
         elif request.method == "PATCH":
             kind = PATCH_TYPES.get(request.content_type)
             body = await self._body(request, yaml_ok=kind == "apply")

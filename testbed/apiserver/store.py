@@ -48,14 +48,15 @@ class WatchFilter:
 class Watcher:
     """One open watch: a filter and a queue the store feeds; `None` in the queue ends the stream."""
 
-    def __init__(self, flt: WatchFilter, max_pending: int = 100_000) -> None:
+    def __init__(self, flt: WatchFilter, max_pending: int = 100_000, after: int = 0) -> None:
         self.filter = flt
+        self.after = after  # events at or before this resourceVersion are not this watch's
         self.queue: asyncio.Queue[tuple[str, Obj] | None] = asyncio.Queue()
         self.closed = False
         self._max_pending = max_pending
 
     def offer(self, ev: Event) -> None:
-        if self.closed or ev.rkey != self.filter.rkey:
+        if self.closed or ev.rkey != self.filter.rkey or ev.rv <= self.after:
             return
         now = self.filter.matches(ev.obj)
         before = self.filter.matches(ev.old) if ev.type == "MODIFIED" else now
@@ -110,6 +111,27 @@ class Store:
         for k in sorted(bucket):
             if namespace is None or k[0] == namespace:
                 yield bucket[k]
+
+    def items_at(self, rkey: str, rv: int, namespace: str | None = None) -> list[Obj]:
+        """The objects as they were at resourceVersion `rv` (an etcd read at a revision), in key
+        order; raises TooOld when the history no longer reaches back that far."""
+        if rv >= self.rv:
+            return list(self.items(rkey, namespace))
+        if rv < self._floor:
+            raise TooOld(rv, self._floor + 1)
+        state: dict[Key, Obj] = dict(self._objects.get(rkey, {}))
+        for ev in reversed(self._history):
+            if ev.rv <= rv:
+                break
+            if ev.rkey != rkey:
+                continue
+            meta = ev.obj["metadata"]
+            key = (meta.get("namespace", ""), meta["name"])
+            if ev.type == "ADDED" or ev.old is None:
+                state.pop(key, None)
+            else:
+                state[key] = ev.old
+        return [state[k] for k in sorted(state) if namespace is None or k[0] == namespace]
 
     def all_items(self) -> Iterator[tuple[str, Obj]]:
         for rkey, bucket in list(self._objects.items()):
@@ -172,7 +194,8 @@ class Store:
         if since is not None and since < self._floor:
             raise TooOld(since, self._floor + 1)
         backlog = [] if since is None else [e for e in self._history if e.rv > since]
-        w = Watcher(flt)
+        # A watch from a resourceVersion not reached yet waits for it: nothing up to it is sent.
+        w = Watcher(flt, after=since or 0)
         self._watchers.add(w)
         return w, backlog
 
