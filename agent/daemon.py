@@ -28,6 +28,7 @@ from agent.intake import Intake, WatcherSettings
 from agent.kube import ApiKubeClient, KubeClient, KubeError
 from agent.kube import resources as r
 from agent.metrics import Metrics
+from agent.plan.certs import earliest_expiry
 from agent.reconcile import LeaderElector, PassResult, TopologyController
 from agent.report import Outbox, Publisher, compute_status
 from agent.settings import Settings
@@ -78,6 +79,7 @@ class Agent:
             resync=settings.resync_seconds)
         self.ready = False
         self.stopping = False
+        self.http_port = settings.http_port
         self.applied_revision = 0
         self.last_pass: PassResult | None = None
         self.last_status: StatusReport | None = None
@@ -126,6 +128,10 @@ class Agent:
             self.metrics.revision_applied.set(result.revision)
             await self.publisher.emit("SpecApplied", f"cluster converged to revision "
                                       f"{result.revision}", revision=result.revision)
+        if result.observed is not None:
+            expiry = earliest_expiry(result.observed.machines)
+            if expiry is not None:
+                self.metrics.cert_expiry.set(expiry.timestamp())
         await self._report(force=bool(result.done) or result.error is not None)
 
     def _ns(self) -> str:
@@ -217,6 +223,9 @@ class Agent:
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
         await site.start()
+        server = site._server
+        if server is not None and getattr(server, "sockets", None):
+            self.http_port = server.sockets[0].getsockname()[1]
         background: list[asyncio.Task[Any]] = []
         try:
             await self.intake.start()
@@ -295,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(_env_file=args.env_file) if args.env_file else Settings()  # type: ignore[call-arg]
     except ValidationError as e:
-        print(f"outpost-agent: invalid configuration: {explain(e)}", file=sys.stderr)
+        problems = "; ".join(
+            f"OUTPOST_AGENT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in e.errors(include_url=False))
+        print(f"outpost-agent: invalid configuration: {problems} (see --help)", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
     try:

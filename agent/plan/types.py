@@ -20,6 +20,7 @@ class Observed:
     machine_sets: Sequence[Obj] = ()
     infra_templates: Mapping[str, Obj] = field(default_factory=dict)
     bootstrap_templates: Mapping[str, Obj] = field(default_factory=dict)
+    machines: Sequence[Obj] = ()
 
 
 @dataclass(frozen=True)

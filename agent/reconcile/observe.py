@@ -38,7 +38,10 @@ class Caches:
                               on_change=on_change)
         self.boot = Informer(kube, r.KUBEADM_CONFIG_TEMPLATE, ns, label_selector=ours,
                              on_change=on_change)
-        self.all = (self.cluster, self.kcp, self.mds, self.mss, self.infra, self.boot)
+        self.machines = Informer(kube, r.MACHINE, ns, label_selector=by_cluster,
+                                 on_change=on_change)
+        self.all = (self.cluster, self.kcp, self.mds, self.mss, self.infra, self.boot,
+                    self.machines)
         self.by_kind = {i.res.kind: i for i in self.all}
 
     def write_through(self, action: Action, result: Obj | None) -> None:
@@ -69,6 +72,7 @@ class Caches:
             machine_sets=tuple(self.mss.items.values()),
             infra_templates=dict(self.infra.items),
             bootstrap_templates=dict(self.boot.items),
+            machines=tuple(self.machines.items.values()),
         )
 
 
@@ -98,6 +102,7 @@ async def observe(kube: KubeClient, spec: ClusterSpec, now: datetime | None = No
     mss = await kube.list(r.MACHINE_SET, ns, label_selector=by_cluster)
     infra = await kube.list(infra_res, ns, label_selector=ours)
     boot = await kube.list(r.KUBEADM_CONFIG_TEMPLATE, ns, label_selector=ours)
+    machines = await kube.list(r.MACHINE, ns, label_selector=by_cluster)
     return Observed(
         now=now or datetime.now(UTC),
         kcp=kcp,
@@ -105,4 +110,5 @@ async def observe(kube: KubeClient, spec: ClusterSpec, now: datetime | None = No
         machine_sets=tuple(mss.items),
         infra_templates=_by_name(infra.items),
         bootstrap_templates=_by_name(boot.items),
+        machines=tuple(machines.items),
     )

@@ -258,3 +258,21 @@ def test_deletes_carry_uid_preconditions() -> None:
     plan = plan_topology(make_spec(workers=[]), converged(spec))
     md = next(a for a in plan.actions if isinstance(a, Delete) and a.kind == "MachineDeployment")
     assert md.uid == "u-edge-a"
+
+
+def test_earliest_certificate_expiry_of_live_control_plane_machines() -> None:
+    from agent.plan.certs import earliest_expiry
+
+    def machine(name: str, expiry: str | None, cp: bool = True,
+                deleting: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "labels": {
+            "cluster.x-k8s.io/control-plane": ""} if cp else {}}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-11-25T00:00:00Z"
+        return {"metadata": meta, "status": {"certificatesExpiryDate": expiry} if expiry else {}}
+
+    machines = [machine("a", "2027-03-01T00:00:00Z"), machine("b", "2027-01-01T00:00:00Z"),
+                machine("w", "2026-12-01T00:00:00Z", cp=False),
+                machine("old", "2026-12-05T00:00:00Z", deleting=True), machine("new", None)]
+    assert earliest_expiry(machines) == datetime(2027, 1, 1, tzinfo=UTC)
+    assert earliest_expiry([]) is None
