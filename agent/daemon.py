@@ -33,7 +33,6 @@ from agent.reconcile import LeaderElector, PassResult, TopologyController
 from agent.report import Outbox, Publisher, compute_status
 from agent.settings import Settings
 from agent.spec import ClusterSpec, StatusReport, load_public_keys
-from agent.spec.envelope import explain
 
 log = logging.getLogger("outpost.agent")
 
