@@ -222,9 +222,9 @@ class Agent:
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
         await site.start()
-        server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            self.http_port = server.sockets[0].getsockname()[1]
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            self.http_port = int(sockets[0].getsockname()[1])
         background: list[asyncio.Task[Any]] = []
         try:
             await self.intake.start()
