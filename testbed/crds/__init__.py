@@ -12,6 +12,15 @@ import yaml
 ROOT = Path(__file__).resolve().parent
 
 
+COMPONENTS = ROOT.parent / "components"
+
+
+def components_files() -> list[Path]:
+    """What the gateway installs into a workload cluster on the testbed: the CRDs, then the CAPI
+    controllers' Deployment."""
+    return [*crd_files(), *sorted(COMPONENTS.glob("*.yaml"))]
+
+
 def crd_files(*providers: str) -> list[Path]:
     """CRD YAML files of the given providers (`cluster-api`, `vsphere`); all when none named."""
     dirs = [ROOT / p for p in providers] if providers else sorted(p for p in ROOT.iterdir()
