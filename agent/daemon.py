@@ -22,7 +22,6 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from agent import logs
 from agent.http import make_app
 from agent.intake import Intake, WatcherSettings
 from agent.kube import ApiKubeClient, KubeClient, KubeError
@@ -32,7 +31,7 @@ from agent.plan.certs import earliest_expiry
 from agent.reconcile import LeaderElector, PassResult, TopologyController
 from agent.report import Outbox, Publisher, compute_status
 from agent.settings import Settings
-from agent.spec import ClusterSpec, StatusReport, load_public_keys
+from agent.spec import ClusterSpec, StatusReport, load_public_keys, logfmt
 
 log = logging.getLogger("outpost.agent")
 
@@ -308,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             for err in e.errors(include_url=False))
         print(f"outpost-agent: invalid configuration: {problems} (see --help)", file=sys.stderr)
         return 2
-    logs.setup(settings.log_level)
+    logfmt.setup(settings.log_level)
     try:
         return asyncio.run(_amain(settings))
     except (ValueError, KubeError) as e:

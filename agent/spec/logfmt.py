@@ -1,4 +1,7 @@
-"""Structured JSON logs: one object per line, with the `extra=` fields of each call."""
+"""Structured JSON log lines, one object per line with the `extra=` fields of each call.
+
+Shared by both daemons so the agent's and the gateway's logs parse the same way.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str = "INFO") -> None:
+    """Send every record to stderr as JSON (the process's only log configuration)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -1,0 +1,66 @@
+"""Gateway settings from the environment (OUTPOST_GATEWAY_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [v.strip() for v in value.replace("\n", ",").split(",") if v.strip()]
+    return value
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_GATEWAY_", extra="ignore")
+
+    kubeconfig: Path | None = Field(
+        default=None, description="management cluster kubeconfig; in-cluster config when unset")
+    namespace: str = Field(default="outpost-system",
+                           description="namespace of the gateway's cluster records")
+    nats_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"],
+        description="NATS URLs the gateway publishes specs to")
+    nats_credentials: Path | None = Field(default=None, description="gateway NATS .creds file")
+    signing_key_file: Path = Field(
+        default=Path("/var/lib/outpost-gateway/signing-key.pem"),
+        description="Ed25519 private key that signs specs (created when missing)")
+    extra_trusted_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="more public keys agents should trust (key rotation), comma-separated")
+    agent_image: str = Field(default="outpost:latest", description="agent container image")
+    agent_nats_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="NATS URLs as agents reach them (default: same)")
+    agent_nats_credentials_file: Path | None = Field(
+        default=None, description="NATS .creds installed for agents")
+    components: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="CAPI components bundle (YAML files/dirs) installed into workload clusters")
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="accepted bearer tokens, comma-separated")
+    api_tokens_file: Path | None = Field(default=None,
+                                         description="file with one accepted token per line")
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=8443, ge=0, le=65535)
+    work_dir: Path = Field(default=Path("/var/lib/outpost-gateway"),
+                           description="workload kubeconfigs and scratch files")
+    poll_seconds: float = Field(default=2.0, gt=0)
+    step_timeout_seconds: float = Field(default=1800.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("nats_servers", "extra_trusted_keys", "agent_nats_servers", "components",
+                     "api_tokens", mode="before")
+    @classmethod
+    def _lists(cls, v: object) -> object:
+        return _split(v)
+
+    def tokens(self) -> set[str]:
+        tokens = set(self.api_tokens)
+        if self.api_tokens_file is not None:
+            tokens |= {t.strip() for t in self.api_tokens_file.read_text().splitlines()
+                       if t.strip()}
+        return tokens
