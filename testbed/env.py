@@ -14,12 +14,14 @@ from .apiserver import ApiServer
 from .capi import CapiSimulator, SimConfig
 from .crds import crd_files
 from .kubeconfig import write_kubeconfig
+from .kubelet import Kubelet
 from .natsd import NatsServer
 
 
 class Testbed:
     def __init__(self, state_dir: Path, *, sim: SimConfig | None = None, nats: bool = True,
-                 management_port: int = 0, workload_port: int = 0) -> None:
+                 management_port: int = 0, workload_port: int = 0,
+                 kubelet: bool = True) -> None:
         self.state_dir = state_dir
         self.management = ApiServer("management", port=management_port)
         self.workload = ApiServer("workload", port=workload_port)
@@ -28,9 +30,18 @@ class Testbed:
         self.management_capi = CapiSimulator(
             self.management.registry, config=cfg,
             workload_server=lambda ns, name: self.workload.url)
+        # A fresh workload cluster runs no CAPI until the gateway installs its controllers.
         self.workload_capi = CapiSimulator(
             self.workload.registry, config=cfg,
-            workload_server=lambda ns, name: self.workload.url)
+            workload_server=lambda ns, name: self.workload.url,
+            active=self._workload_controllers_available)
+        self.kubelet = Kubelet(self.workload.registry, state_dir / "kubelet",
+                               self.workload.url) if kubelet else None
+
+    def _workload_controllers_available(self) -> bool:
+        dep = self.workload.store.peek("deployments.apps",
+                                       ("capi-system", "capi-controller-manager"))
+        return bool(dep and (dep.get("status") or {}).get("availableReplicas"))
 
     @property
     def management_kubeconfig(self) -> Path:
@@ -54,6 +65,8 @@ class Testbed:
         await self.workload.start()
         self.management_capi.start()
         self.workload_capi.start()
+        if self.kubelet is not None:
+            self.kubelet.start()
         if self.nats is not None:
             await self.nats.start()
         write_kubeconfig(self.management_kubeconfig, "management", self.management.url)
@@ -66,6 +79,8 @@ class Testbed:
     async def stop(self) -> None:
         for f in (self.management_kubeconfig, self.workload_kubeconfig, self.nats_url_file):
             f.unlink(missing_ok=True)
+        if self.kubelet is not None:
+            await self.kubelet.stop()
         await self.management_capi.stop()
         await self.workload_capi.stop()
         with contextlib.suppress(Exception):
