@@ -12,8 +12,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: $(BIN)/.installed  ## bring up the local testbed (management + workload API, CAPI, NATS)
-	$(BIN)/python -m testbed up --state-dir $(STATE)
+demo: $(BIN)/.installed  ## the six steps end to end on the embedded testbed
+	$(BIN)/outpost-demo
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -66,6 +66,7 @@ class Testbed:
         self.management_capi.start()
         self.workload_capi.start()
         if self.kubelet is not None:
+            self.kubelet.api_url = self.workload.url  # known once the server listens
             self.kubelet.start()
         if self.nats is not None:
             await self.nats.start()

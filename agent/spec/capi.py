@@ -111,8 +111,12 @@ def ssh_users(spec: ClusterSpec) -> list[Obj]:
 
 def bootstrap_template(spec: ClusterSpec, pool: WorkerPool) -> Obj:
     """The KubeadmConfigTemplate of a worker pool, content-addressed like machine templates."""
+    kubelet_args = [{"name": "node-labels", "value": f"{LABEL_POOL}={pool.name}"}]
+    if spec.infrastructure.provider == "vsphere":
+        # The vSphere cloud provider sets providerIDs, which CAPI matches nodes to machines by.
+        kubelet_args.insert(0, {"name": "cloud-provider", "value": "external"})
     template_spec: Obj = {"joinConfiguration": {"nodeRegistration": {
-        "kubeletExtraArgs": [{"name": "node-labels", "value": f"{LABEL_POOL}={pool.name}"}]}}}
+        "kubeletExtraArgs": kubelet_args}}}
     users = ssh_users(spec)
     if users:
         template_spec["users"] = users

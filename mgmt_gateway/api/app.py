@@ -1,0 +1,504 @@
+"""The gateway's HTTP API: request clusters, change their spec, delete them, see the fleet.
+
+The API only validates, records and answers: every change is a compare-and-set write of the
+cluster's record in the management cluster, then a nudge (`wake`) to the bootstrap worker,
+which does the slow work. Answers to changes are therefore 202 with an operation to follow.
+Anything a worker would later fail on for certain (a downgrade, a provider switch) is refused
+here, with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, TypeVar
+from weakref import WeakKeyDictionary
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+from pydantic import BaseModel, ValidationError
+
+from agent.kube import AlreadyExists, Conflict, KubeError, Transient
+from agent.spec import ClusterSpec, version_tuple
+from agent.spec.models import DNS_LABEL
+
+from ..publish import ObservedStatus
+from ..render.request import ClusterRequest, ClusterSpecUpdate
+from ..state import ClusterRecord, RecordStore, StepRecord, now
+from .models import ClusterDetail, ClusterList, ClusterSummary, Health, Operation, Step
+from .openapi import build_openapi
+from .problems import FieldError, Problem, field_errors, invalid
+
+log = logging.getLogger("outpost.gateway.api")
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+StatusSource = Callable[[], Mapping[str, ObservedStatus]]
+
+MIB: Final = 1024 * 1024
+MAX_CLUSTER_NAME: Final = 40
+
+
+@dataclass
+class ApiDeps:
+    """Everything the API needs, injected so tests can run it against an emulated cluster."""
+
+    records: RecordStore
+    statuses: StatusSource  # newest agent reports by cluster; a StatusCollector will do
+    wake: Callable[[str], None]
+    tokens: Collection[str]
+    ready: Callable[[], bool] = lambda: True
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    max_body_bytes: int = MIB
+    stale_after: float = 90.0
+    """An agent silent for longer is shown disconnected (it reports every 30s by default)."""
+    conflict_retries: int = 5
+    clock: Callable[[], datetime] = now
+
+
+DEPS: Final = web.AppKey("deps", ApiDeps)
+
+
+# -- metrics -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _HttpMetrics:
+    requests: Counter
+    duration: Histogram
+
+
+_METRICS: WeakKeyDictionary[CollectorRegistry, _HttpMetrics] = WeakKeyDictionary()
+
+
+def _metrics(registry: CollectorRegistry) -> _HttpMetrics:
+    """One set per registry: several apps may share one (tests, a restarted listener)."""
+    found = _METRICS.get(registry)
+    if found is None:
+        found = _HttpMetrics(
+            requests=Counter("outpost_gateway_http_requests",
+                             "HTTP requests answered, by method, route template and status",
+                             ["method", "route", "code"], registry=registry),
+            duration=Histogram("outpost_gateway_http_request_duration_seconds",
+                               "Time to answer HTTP requests, by method and route template",
+                               ["method", "route"], registry=registry))
+        _METRICS[registry] = found
+    return found
+
+
+def _route(request: web.Request) -> str:
+    """The route template, never the raw path: cluster names must not become label values."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _metrics_middleware(m: _HttpMetrics) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        code = 500
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as e:
+            code = e.status
+            raise
+        finally:
+            route = _route(request)
+            m.requests.labels(request.method, route, str(code)).inc()
+            m.duration.labels(request.method, route).observe(time.perf_counter() - start)
+
+    return middleware
+
+
+# -- errors and auth ---------------------------------------------------------------------------
+@web.middleware
+async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as p:
+        return p.response(request.path)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _from_http_error(request, e).response(request.path)
+    except Transient as e:
+        log.warning("%s %s: management cluster unavailable: %s", request.method,
+                    request.path, e)
+        return Problem(503, "management-unavailable", "the management cluster did not answer "
+                       f"({e}); nothing was changed, retry shortly",
+                       headers={"Retry-After": "5"}).response(request.path)
+    except KubeError as e:
+        log.error("%s %s: management cluster error: %s", request.method, request.path, e)
+        return Problem(502, "management-error", f"the management cluster refused the "
+                       f"gateway's request: {e}").response(request.path)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return Problem(500, "internal-error", "the gateway failed unexpectedly; the error is "
+                       "in its log").response(request.path)
+
+
+def _from_http_error(request: web.Request, e: web.HTTPException) -> Problem:
+    if e.status == 404:
+        return Problem(404, "no-such-route", f"there is no {request.path}; the routes are "
+                       "listed in /openapi.json")
+    if e.status == 405:
+        allowed = ", ".join(sorted(getattr(e, "allowed_methods", ()) or ()))
+        return Problem(405, "method-not-allowed", f"{request.method} is not supported on "
+                       f"{request.path}; use {allowed}", headers={"Allow": allowed})
+    if e.status == 413:
+        return _too_large(request)
+    return Problem(e.status, "http-error", e.text or e.reason)
+
+
+def _too_large(request: web.Request) -> Problem:
+    limit = request.app[DEPS].max_body_bytes
+    size = f" of {request.content_length} bytes" if request.content_length else ""
+    return Problem(413, "body-too-large", f"the request body{size} exceeds the limit of "
+                   f"{limit} bytes; a cluster spec is far smaller, so check what is being sent")
+
+
+def _auth_middleware(tokens: Collection[str]) -> Any:
+    accepted = [t.encode() for t in tokens if t]
+    challenge = 'Bearer realm="outpost"'
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        if not header:
+            raise Problem(401, "unauthenticated", "this route needs an API token: send "
+                          "'Authorization: Bearer <token>'",
+                          headers={"WWW-Authenticate": challenge})
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or " " in token:
+            raise Problem(401, "unauthenticated", "the Authorization header must be "
+                          "'Bearer <token>' (one token, no other scheme)",
+                          headers={"WWW-Authenticate": challenge + ', error="invalid_request"'})
+        given = token.encode()
+        # Compare against every token, in constant time, so timing reveals nothing.
+        matches = [hmac.compare_digest(given, t) for t in accepted]
+        if not any(matches):
+            raise Problem(403, "forbidden", "this API token is not accepted by the gateway"
+                          + ("" if accepted else " (no tokens are configured)"))
+        return await handler(request)
+
+    return middleware
+
+
+# -- request helpers ---------------------------------------------------------------------------
+async def _json_body(request: web.Request) -> Any:
+    deps = request.app[DEPS]
+    ctype = request.headers.get("Content-Type")
+    if ctype is not None:
+        mime = request.content_type
+        if mime != "application/json" and not mime.endswith("+json"):
+            raise Problem(415, "unsupported-media-type", f"the body is {mime}; send JSON with "
+                          "'Content-Type: application/json'")
+    if request.content_length is not None and request.content_length > deps.max_body_bytes:
+        raise _too_large(request)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(request) from None
+    if not raw.strip():
+        raise Problem(400, "malformed-json", "the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw.decode("utf-8-sig"))  # JSON is UTF-8 (RFC 8259); allow a BOM
+    except UnicodeDecodeError as e:
+        raise Problem(400, "malformed-json", f"the body is not UTF-8 text: {e.reason} at byte "
+                      f"{e.start}") from None
+    except json.JSONDecodeError as e:
+        raise Problem(400, "malformed-json", f"the body is not valid JSON: {e.msg} at line "
+                      f"{e.lineno} column {e.colno}") from None
+
+
+def _validate(model: type[M], body: Any, what: str) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise invalid(model, e, what=what) from None
+
+
+def _spec_invalid(err: ValidationError, what: str) -> Problem:
+    """Errors found only once the whole spec is assembled, in the client's field names."""
+    errors = [FieldError(field="name" if e.field == "clusterName" else e.field,
+                         message=e.message)
+              for e in field_errors(ClusterSpec, err)]
+    listing = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return Problem(422, "invalid-request", f"{what} is not consistent: {listing}",
+                   title="The request body is not valid", errors=errors)
+
+
+def _cluster_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if len(name) > MAX_CLUSTER_NAME or not DNS_LABEL.match(name):
+        raise Problem(404, "not-found", f"there is no cluster named {name!r}: cluster names "
+                      f"are DNS labels of at most {MAX_CLUSTER_NAME} characters")
+    return name
+
+
+def _href(name: str) -> str:
+    return f"/v1/clusters/{name}"
+
+
+def _json(model: BaseModel, status: int = 200, headers: Mapping[str, str] | None = None
+          ) -> web.Response:
+    return web.Response(status=status, headers=headers,
+                        body=model.model_dump_json(by_alias=True, exclude_none=True),
+                        content_type="application/json")
+
+
+def _accepted(rec: ClusterRecord) -> web.Response:
+    op = Operation(name=rec.name, phase=rec.phase, revision=rec.spec.revision,
+                   href=_href(rec.name))
+    return _json(op, 202, {"Location": op.href})
+
+
+async def _record(deps: ApiDeps, name: str) -> ClusterRecord:
+    rec = await deps.records.get(name)
+    if rec is None:
+        raise Problem(404, "not-found", f"there is no cluster named {name!r}; "
+                      "GET /v1/clusters lists them")
+    return rec
+
+
+def _nudge(deps: ApiDeps, name: str) -> None:
+    try:
+        deps.wake(name)
+    except Exception:  # the worker polls anyway: the record is saved, the answer stands
+        log.exception("waking the bootstrap worker for %s failed", name)
+
+
+# -- views --------------------------------------------------------------------------------------
+def _summary_fields(deps: ApiDeps, rec: ClusterRecord, obs: ObservedStatus | None
+                    ) -> dict[str, Any]:
+    report = obs.report if obs else None
+    fresh = obs is not None and (
+        deps.clock() - obs.last_seen).total_seconds() <= deps.stale_after
+    return {
+        "name": rec.name, "namespace": rec.spec.namespace, "phase": rec.phase,
+        "desired_revision": rec.spec.revision, "published_revision": rec.published_revision,
+        "applied_revision": report.applied_revision if report else None,
+        "observed_revision": report.observed_revision if report else None,
+        "in_sync": bool(report and report.applied_revision == rec.spec.revision),
+        "connected": bool(report and report.connected and fresh),
+        "last_seen": obs.last_seen if obs else None,
+        "agent_phase": report.phase if report else None,
+        "last_error": report.last_error if report else None,
+        "failed_reason": rec.failed_reason,
+    }
+
+
+def _step(s: StepRecord) -> Step:
+    took = (s.finished_at - s.started_at).total_seconds() if s.finished_at else None
+    return Step(phase=s.phase, started_at=s.started_at, finished_at=s.finished_at,
+                duration_seconds=took, detail=s.detail)
+
+
+# -- handlers -----------------------------------------------------------------------------------
+async def create_cluster(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    req = _validate(ClusterRequest, await _json_body(request), "the cluster request")
+    try:
+        spec = req.to_spec(1)
+    except ValidationError as e:
+        raise _spec_invalid(e, "the cluster request") from None
+    t = deps.clock()
+    rec = ClusterRecord(name=spec.cluster_name, spec=spec, created_at=t, updated_at=t,
+                        steps=(StepRecord(phase="Requested", started_at=t,
+                                          detail="accepted by the API"),))
+    try:
+        saved = await deps.records.create(rec)
+    except AlreadyExists:
+        existing = await deps.records.get(rec.name)
+        where = f" (phase {existing.phase})" if existing else ""
+        raise Problem(409, "already-exists", f"cluster {rec.name!r} already exists{where}; "
+                      f"choose another name, or change it with PUT {_href(rec.name)}/spec"
+                      ) from None
+    log.info("cluster %s requested (%s, Kubernetes %s)", rec.name,
+             spec.infrastructure.provider, spec.kubernetes_version)
+    _nudge(deps, rec.name)
+    return _accepted(saved)
+
+
+async def list_clusters(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    records = await deps.records.list()
+    statuses = deps.statuses()
+    items = [ClusterSummary(**_summary_fields(deps, rec, statuses.get(rec.name)))
+             for rec in records]
+    return _json(ClusterList(items=items))
+
+
+async def get_cluster(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    rec = await _record(deps, _cluster_name(request))
+    obs = deps.statuses().get(rec.name)
+    detail = ClusterDetail(**_summary_fields(deps, rec, obs), spec=rec.spec,
+                           steps=[_step(s) for s in rec.steps], created_at=rec.created_at,
+                           updated_at=rec.updated_at, status=obs.report if obs else None)
+    return _json(detail, headers={"ETag": f'"{rec.spec.revision}"'})
+
+
+def _if_match(request: web.Request) -> int | None:
+    """The revision the client based its change on (from the ETag of GET), if it says."""
+    value = request.headers.get("If-Match")
+    if value is None or value.strip() == "*":
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise Problem(400, "bad-if-match", f"If-Match must be the ETag of GET "
+                      f"/v1/clusters/<name> (a quoted revision like \"3\"), not {value!r}")
+    return int(text)
+
+
+def _without_identity(name: str, body: Any) -> Any:
+    """Accept the cluster's own name in a spec body (a GET round trip), refuse any other."""
+    if not isinstance(body, dict):
+        return body
+    errors = [FieldError(field=k, message=f"is {body[k]!r}, but this is cluster {name!r}: a "
+                         "cluster cannot be renamed; request a new one with POST /v1/clusters")
+              for k in ("name", "clusterName") if k in body and body[k] != name]
+    if "revision" in body:
+        errors.append(FieldError(field="revision", message="is assigned by the gateway; leave "
+                                 "it out (send If-Match with the ETag of GET to guard against "
+                                 "concurrent changes)"))
+    if errors:
+        raise Problem(422, "immutable-field", "; ".join(f"{e.field} {e.message}"
+                                                        for e in errors),
+                      title="The request changes what cannot change", errors=errors)
+    return {k: v for k, v in body.items() if k not in ("name", "clusterName")}
+
+
+def _next_spec(current: ClusterSpec, update: ClusterSpecUpdate) -> ClusterSpec:
+    if "namespace" not in update.model_fields_set:  # immutable: omitting it means "keep it"
+        update = update.model_copy(update={"namespace": current.namespace})
+    try:
+        spec = update.to_spec(current.cluster_name, current.revision + 1)
+    except ValidationError as e:
+        raise _spec_invalid(e, "the new spec") from None
+    errors: list[FieldError] = []
+    if spec.namespace != current.namespace:
+        errors.append(FieldError(field="namespace", message=(
+            f"cannot change from {current.namespace!r} to {spec.namespace!r}: the cluster's "
+            "Cluster API objects live there; to move a cluster, request a new one")))
+    old_p, new_p = current.infrastructure.provider, spec.infrastructure.provider
+    if new_p != old_p:
+        errors.append(FieldError(field="infrastructure.provider", message=(
+            f"cannot change from {old_p!r} to {new_p!r}: machines cannot move between "
+            "providers; request a new cluster instead")))
+    if version_tuple(spec.kubernetes_version) < version_tuple(current.kubernetes_version):
+        errors.append(FieldError(field="kubernetesVersion", message=(
+            f"{spec.kubernetes_version} is older than {current.kubernetes_version}: a "
+            "Kubernetes control plane cannot be downgraded (etcd and stored API versions only "
+            f"move forward); keep {current.kubernetes_version} or upgrade")))
+    if errors:
+        raise Problem(422, "change-not-applicable", "this change cannot be applied: " + "; ".join(
+            f"{e.field} {e.message}" for e in errors), title="The change cannot be applied",
+            errors=errors)
+    return spec
+
+
+async def update_spec(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    name = _cluster_name(request)
+    expected = _if_match(request)
+    body = _without_identity(name, await _json_body(request))
+    update = _validate(ClusterSpecUpdate, body, "the spec update")
+    for _ in range(deps.conflict_retries):
+        rec = await _record(deps, name)
+        if rec.phase in ("Failed", "Deleting"):
+            why = f": {rec.failed_reason}" if rec.failed_reason else ""
+            raise Problem(409, "cluster-not-changeable", f"cluster {name!r} is {rec.phase}{why};"
+                          " its spec can no longer change")
+        if expected is not None and expected != rec.spec.revision:
+            raise Problem(412, "revision-changed", f"the spec is at revision "
+                          f"{rec.spec.revision}, not {expected}: it changed meanwhile; GET it "
+                          "again and redo the change")
+        spec = _next_spec(rec.spec, update)
+        if spec.model_copy(update={"revision": rec.spec.revision}) == rec.spec:
+            return _accepted(rec)  # nothing changes: no new revision to roll out
+        try:
+            saved = await deps.records.update(rec.model_copy(
+                update={"spec": spec, "updated_at": deps.clock()}))
+        except Conflict:
+            continue  # the worker saved the record meanwhile: re-read, re-check, retry
+        log.info("cluster %s: spec revision %d accepted", name, spec.revision)
+        _nudge(deps, name)
+        return _accepted(saved)
+    raise _busy(name)
+
+
+def _busy(name: str) -> Problem:
+    return Problem(409, "concurrent-change", f"the record of cluster {name!r} kept changing "
+                   "while saving; retry the request", headers={"Retry-After": "1"})
+
+
+async def delete_cluster(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    name = _cluster_name(request)
+    for _ in range(deps.conflict_retries):
+        rec = await _record(deps, name)
+        if rec.phase == "Deleting":
+            return _accepted(rec)
+        try:
+            saved = await deps.records.update(rec.advanced("Deleting",
+                                                           "deletion requested via the API"))
+        except Conflict:
+            continue
+        log.info("cluster %s: deletion requested (was %s)", name, rec.phase)
+        _nudge(deps, name)
+        return _accepted(saved)
+    raise _busy(name)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json(Health(status="ok"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if not request.app[DEPS].ready():
+        raise Problem(503, "not-ready", "the gateway is starting or stopping",
+                      headers={"Retry-After": "1"})
+    return _json(Health(status="ready"))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[DEPS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_OPENAPI], content_type="application/json")
+
+
+_OPENAPI: Final = web.AppKey("openapi", bytes)
+
+
+def make_app(deps: ApiDeps) -> web.Application:
+    """The API as an aiohttp application; the caller runs it (AppRunner, TestServer)."""
+    app = web.Application(
+        client_max_size=deps.max_body_bytes,
+        middlewares=[_metrics_middleware(_metrics(deps.registry)), _problems,
+                     _auth_middleware(deps.tokens)])
+    app[DEPS] = deps
+    app[_OPENAPI] = json.dumps(build_openapi(ClusterRequest, ClusterSpecUpdate),
+                               separators=(",", ":")).encode()
+    app.router.add_post("/v1/clusters", create_cluster)
+    app.router.add_get("/v1/clusters", list_clusters, allow_head=False)
+    app.router.add_get("/v1/clusters/{name}", get_cluster, allow_head=False)
+    app.router.add_delete("/v1/clusters/{name}", delete_cluster)
+    app.router.add_put("/v1/clusters/{name}/spec", update_spec)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app

@@ -1,0 +1,166 @@
+"""Composition root of the gateway: API, bootstrap worker, spec publisher, status collector."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import nats
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from agent.kube import ApiKubeClient, KubeClient, KubeError
+from agent.kube import resources as r
+from agent.spec import logfmt, public_key_text
+
+from .api import ApiDeps, make_app
+from .bootstrap import AgentInstall, Bootstrapper
+from .publish import SpecPublisher, StatusCollector, generate_signing_key, load_signing_key
+from .settings import GatewaySettings
+from .state import RecordStore
+
+log = logging.getLogger("outpost.gateway")
+
+
+class NatsLink:
+    """One reconnecting NATS connection shared by the publisher and the status collector."""
+
+    def __init__(self, servers: list[str], credentials: Path | None) -> None:
+        self.servers = servers
+        self.credentials = credentials
+        self.nc: Any = None
+
+    def __call__(self) -> Any:
+        return self.nc if self.nc is not None and self.nc.is_connected else None
+
+    async def run(self) -> None:
+        delay = 0.5
+        while self.nc is None:
+            try:
+                opts: dict[str, Any] = {"servers": self.servers, "max_reconnect_attempts": -1,
+                                        "reconnect_time_wait": 0.5, "connect_timeout": 2,
+                                        "name": "outpost-gateway"}
+                if self.credentials:
+                    opts["user_credentials"] = str(self.credentials)
+                self.nc = await asyncio.wait_for(nats.connect(**opts), 10)
+                log.info("connected to NATS")
+            except Exception as e:  # keep trying: the API works without NATS meanwhile
+                log.warning("cannot connect to NATS (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), 5)
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, management: KubeClient) -> None:
+        self.settings = settings
+        self.management = management
+        path = settings.signing_key_file
+        key = load_signing_key(path) if path.exists() else generate_signing_key(path)
+        self.public_keys = [public_key_text(key.public_key()), *settings.extra_trusted_keys]
+        self.nats = NatsLink(settings.nats_servers, settings.nats_credentials)
+        self.publisher = SpecPublisher(self.nats, key)
+        self.statuses = StatusCollector(self.nats)
+        self.store = RecordStore(management, settings.namespace)
+        creds = (settings.agent_nats_credentials_file.read_text()
+                 if settings.agent_nats_credentials_file else None)
+        self.bootstrap = Bootstrapper(
+            self.store, management, self.publisher, components=settings.components,
+            agent=AgentInstall(image=settings.agent_image,
+                               nats_servers=settings.agent_nats_servers or settings.nats_servers,
+                               public_keys=self.public_keys, nats_credentials=creds),
+            work_dir=settings.work_dir, poll=settings.poll_seconds,
+            step_timeout=settings.step_timeout_seconds)
+        self.registry = CollectorRegistry()
+        self.ready = False
+        self.http_port = settings.http_port
+
+    def app(self) -> web.Application:
+        return make_app(ApiDeps(
+            records=self.store, statuses=self.statuses, wake=self.bootstrap.wake,
+            tokens=self.settings.tokens(), ready=lambda: self.ready, registry=self.registry))
+
+    async def run(self, stop: asyncio.Event) -> int:
+        await self.management.apply(r.NAMESPACE, {
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": self.settings.namespace}}, field_manager="outpost-gateway")
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            self.http_port = int(sockets[0].getsockname()[1])
+        tasks = [asyncio.create_task(self.nats.run(), name="nats"),
+                 asyncio.create_task(self.statuses.run(), name="status-collector"),
+                 asyncio.create_task(self.bootstrap.run(), name="bootstrap")]
+        self.ready = True
+        log.info("gateway listening on port %d", self.http_port)
+        try:
+            await stop.wait()
+            self.ready = False
+            return 0
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks, timeout=5)
+            await self.nats.close()
+            await runner.cleanup()
+
+
+def _parser() -> argparse.ArgumentParser:
+    fields = "\n".join(
+        f"  OUTPOST_GATEWAY_{name.upper():<30} {(f.description or '').strip()}"
+        for name, f in GatewaySettings.model_fields.items())
+    return argparse.ArgumentParser(
+        prog="outpost-gateway", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Outpost management gateway: creates clusters with Cluster API, installs "
+                    "the agent, pivots, and publishes signed specs.",
+        epilog="Configuration comes from the environment:\n" + fields)
+
+
+async def _amain(settings: GatewaySettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    kube = (await ApiKubeClient.from_kubeconfig(settings.kubeconfig) if settings.kubeconfig
+            else ApiKubeClient.from_in_cluster())
+    try:
+        return await Gateway(settings, kube).run(stop)
+    finally:
+        await kube.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    _parser().parse_args(argv)
+    try:
+        settings = GatewaySettings()
+    except ValidationError as e:
+        problems = "; ".join(
+            f"OUTPOST_GATEWAY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in e.errors(include_url=False))
+        print(f"outpost-gateway: invalid configuration: {problems} (see --help)",
+              file=sys.stderr)
+        return 2
+    logfmt.setup(settings.log_level)
+    try:
+        return asyncio.run(_amain(settings))
+    except (ValueError, KubeError, OSError) as e:
+        print(f"outpost-gateway: cannot start: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

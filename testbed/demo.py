@@ -1,0 +1,293 @@
+"""`outpost-demo`: the six steps of Outpost, end to end, on the embedded testbed.
+
+It brings up a management and a workload cluster (emulated APIs with simulated Cluster API), a
+real NATS server and the gateway; asks the gateway for a cluster; follows it through bootstrap,
+agent install and pivot until the agent in the workload cluster has scaled it to the full spec;
+then changes the spec (day 2), cuts the link to the management plane, breaks the cluster by hand
+and shows the agent repairing it from its cache, and the fleet view catching up afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent.kube import ApiKubeClient
+from agent.kube import resources as r
+from mgmt_gateway.daemon import Gateway
+from mgmt_gateway.settings import GatewaySettings
+
+from .capi import SimConfig
+from .crds import components_files
+from .env import Testbed
+
+TOKEN = "demo-token"
+CLUSTER = "edge-1"
+NS = "fleet"
+AGENT_ENV = {"OUTPOST_AGENT_RESYNC_SECONDS": "2", "OUTPOST_AGENT_STATUS_INTERVAL_SECONDS": "1",
+             "OUTPOST_AGENT_LEASE_DURATION_SECONDS": "6", "OUTPOST_AGENT_RETRY_MAX_SECONDS": "2",
+             "OUTPOST_AGENT_LOG_LEVEL": "INFO"}
+
+
+def request(cp: int, workers: int) -> dict[str, Any]:
+    return {
+        "name": CLUSTER, "namespace": NS, "kubernetesVersion": "v1.35.2",
+        "infrastructure": {"provider": "dev"},
+        "controlPlane": {"replicas": cp, "machine": {"provider": "dev"}},
+        "workers": [{"name": "line-a", "replicas": workers, "machine": {"provider": "dev"}}],
+        "certificates": {"rotateBeforeDays": 30},
+        "sshAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoOnlyKey ops@factory-7"],
+    }
+
+
+@dataclass
+class Step:
+    title: str
+    seconds: float = 0.0
+    detail: str = ""
+    ok: bool = False
+
+
+class Demo:
+    def __init__(self, state: Path, step_delay: float, timeout: float, out: Any) -> None:
+        self.state = state
+        self.step_delay = step_delay
+        self.timeout = timeout
+        self.out = out
+        self.steps: list[Step] = []
+        self.t0 = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", file=self.out, flush=True)
+
+    async def step(self, title: str, fn: Callable[[], Awaitable[str]]) -> bool:
+        s = Step(title)
+        self.steps.append(s)
+        self.say(f"▶ {title}")
+        start = time.monotonic()
+        try:
+            s.detail = await asyncio.wait_for(fn(), self.timeout)
+            s.ok = True
+        except TimeoutError:
+            s.detail = f"timed out after {self.timeout:.0f}s"
+        except Exception as e:  # a demo reports what broke and goes on to the summary
+            s.detail = f"{type(e).__name__}: {e}"
+        s.seconds = time.monotonic() - start
+        self.say(f"  {'✓' if s.ok else '✗'} {s.detail} ({s.seconds:.1f}s)")
+        return s.ok
+
+    def summary(self) -> str:
+        width = max(len(s.title) for s in self.steps)
+        lines = [f"{'step':<{width}}  {'result':<6}  {'time':>7}  detail",
+                 "-" * (width + 40)]
+        for s in self.steps:
+            lines.append(f"{s.title:<{width}}  {'ok' if s.ok else 'FAILED':<6}  "
+                         f"{s.seconds:6.1f}s  {s.detail}")
+        return "\n".join(lines)
+
+
+async def _poll(fn: Callable[[], Awaitable[Any]], interval: float = 0.2) -> Any:
+    while True:
+        result = await fn()
+        if result:
+            return result
+        await asyncio.sleep(interval)
+
+
+async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.stdout) -> int:
+    demo = Demo(state, step_delay, timeout, out)
+    demo.say("starting the testbed: management + workload API, simulated CAPI, NATS")
+    async with Testbed(state, sim=SimConfig(step_delay=step_delay, resync=0.5)) as tb:
+        assert tb.nats is not None
+        settings = GatewaySettings(
+            kubeconfig=tb.management_kubeconfig, nats_servers=[tb.nats.url],
+            signing_key_file=state / "gateway" / "signing-key.pem",
+            components=components_files(), api_tokens=[TOKEN], http_host="127.0.0.1",
+            http_port=0, work_dir=state / "gateway", poll_seconds=0.2, agent_image="outpost:dev")
+        mgmt = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
+        workload = await ApiKubeClient.from_kubeconfig(tb.workload_kubeconfig)
+        gateway = Gateway(settings, mgmt)
+        gateway.bootstrap.agent.extra_env.update(AGENT_ENV)
+        stop = asyncio.Event()
+        gw_task = asyncio.create_task(gateway.run(stop))
+        await _poll(lambda: _true(gateway.ready))
+        base = f"http://127.0.0.1:{gateway.http_port}"
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        demo.say(f"gateway API at {base} (token {TOKEN})")
+        async with aiohttp.ClientSession(headers=headers) as http:
+
+            async def get_cluster() -> dict[str, Any]:
+                async with http.get(f"{base}/v1/clusters/{CLUSTER}") as resp:
+                    return dict(await resp.json()) if resp.status == 200 else {}
+
+            async def fleet() -> dict[str, Any]:
+                async with http.get(f"{base}/v1/clusters") as resp:
+                    body = await resp.json()
+                items = body.get("items", body) if isinstance(body, dict) else body
+                return next((c for c in items if c.get("name") == CLUSTER), {})
+
+            async def phase_reached(phase: str) -> Callable[[], Awaitable[str]]:
+                async def wait() -> str:
+                    rec = await _poll(lambda: _phase(get_cluster, phase))
+                    return f"phase {rec['phase']}"
+                return wait
+
+            async def submit() -> str:
+                async with http.post(f"{base}/v1/clusters", json=request(3, 2)) as resp:
+                    body = await resp.json()
+                    if resp.status != 202:
+                        raise RuntimeError(f"{resp.status}: {body}")
+                return f"202 Accepted, operation {body.get('href', '')}"
+
+            ok = await demo.step("1. request a cluster (3 control-plane, 2 workers)", submit)
+            for title, phase in [
+                ("2. CAPI objects created in the management cluster", "CapiCreated"),
+                ("3. first control-plane node up (kubeconfig Secret)", "FirstControlPlaneReady"),
+                ("4a. CAPI controllers + agent installed in the workload", "AgentInstalled"),
+                ("4b. CAPI objects pivoted into the workload cluster", "Pivoted"),
+                ("5. signed spec published; cluster Managed", "Managed"),
+            ]:
+                ok = ok and await demo.step(title, await phase_reached(phase))
+
+            async def full_spec() -> str:
+                async def ready() -> str:
+                    kcp = await _get(workload, r.KUBEADM_CONTROL_PLANE, f"{CLUSTER}-control-plane")
+                    md = await _get(workload, r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a")
+                    k = (kcp or {}).get("status", {}).get("readyReplicas", 0)
+                    w = (md or {}).get("status", {}).get("readyReplicas", 0)
+                    return f"control plane {k}/3 ready, workers {w}/2 ready" if (
+                        k == 3 and w == 2) else ""
+                return str(await _poll(ready))
+
+            ok = ok and await demo.step("6. the agent scales the cluster to the full spec",
+                                        full_spec)
+
+            async def day2() -> str:
+                async with http.put(f"{base}/v1/clusters/{CLUSTER}/spec",
+                                    json={k: v for k, v in request(3, 4).items()
+                                          if k != "name"}) as resp:
+                    if resp.status != 202:
+                        raise RuntimeError(f"{resp.status}: {await resp.text()}")
+
+                async def scaled() -> str:
+                    md = await _get(workload, r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a")
+                    ready = (md or {}).get("status", {}).get("readyReplicas", 0)
+                    return f"workers {ready}/4 ready (revision 2)" if ready == 4 else ""
+                return str(await _poll(scaled))
+
+            ok = ok and await demo.step("day 2: scale workers 2 -> 4 through the API", day2)
+
+            async def disconnected() -> str:
+                await tb.nats.stop()
+                demo.say("  NATS stopped: the site is cut off from the management plane")
+                await workload.patch(r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a",
+                                     {"spec": {"replicas": 1}}, NS, field_manager="kubectl")
+                demo.say("  someone scaled the workers to 1 by hand on site")
+
+                async def repaired() -> str:
+                    md = await _get(workload, r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a")
+                    spec_replicas = (md or {}).get("spec", {}).get("replicas")
+                    ready = (md or {}).get("status", {}).get("readyReplicas", 0)
+                    return "agent restored 4 workers from its cache" if (
+                        spec_replicas == 4 and ready == 4) else ""
+                return str(await _poll(repaired))
+
+            ok = ok and await demo.step("link down: drift corrected from the agent's cache",
+                                        disconnected)
+
+            async def reconnected() -> str:
+                cut = time.time()
+                await tb.nats.start()
+
+                async def caught_up() -> str:
+                    c = await fleet()
+                    seen = _ts(c.get("lastSeen"))
+                    return (f"fleet view: applied revision {c.get('appliedRevision')}, "
+                            f"connected={c.get('connected')}") if (
+                        c.get("connected") and seen is not None and seen > cut) else ""
+                return str(await _poll(caught_up))
+
+            ok = ok and await demo.step("link back: the fleet view catches up", reconnected)
+            final = await fleet()
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(gw_task, 10)
+        await mgmt.close()
+        await workload.close()
+    print("\n" + demo.summary(), file=out)
+    if final:
+        print(f"\nfleet view of {CLUSTER}: {final}", file=out)
+    failed = [s for s in demo.steps if not s.ok]
+    print(f"\n{'all steps passed' if not failed else f'{len(failed)} step(s) failed'} in "
+          f"{time.monotonic() - demo.t0:.0f}s", file=out)
+    return 0 if ok and not failed else 1
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _phase(get: Callable[[], Awaitable[dict[str, Any]]], phase: str) -> dict[str, Any]:
+    from mgmt_gateway.state import PHASES
+
+    rec = await get()
+    if rec.get("phase") == "Failed":
+        raise RuntimeError(f"cluster failed: {rec.get('failedReason')}")
+    current = rec.get("phase")
+    if current in PHASES and PHASES.index(current) >= PHASES.index(phase):  # type: ignore[arg-type]
+        return rec
+    return {}
+
+
+def _ts(value: Any) -> float | None:
+    from datetime import datetime
+
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+async def _get(kube: ApiKubeClient, res: Any, name: str) -> dict[str, Any] | None:
+    from agent.kube import NotFound
+
+    try:
+        return await kube.get(res, name, NS)
+    except NotFound:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="outpost-demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="keep the testbed's files here (default: a temporary directory)")
+    p.add_argument("--step-delay", type=float, default=0.25,
+                   help="seconds per simulated machine phase (default: 0.25)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds each step may take before it counts as failed")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the components' logs")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(name)s %(levelname)s %(message)s")
+    if args.state_dir is not None:
+        return asyncio.run(run(args.state_dir.resolve(), args.step_delay, args.timeout))
+    with tempfile.TemporaryDirectory(prefix="outpost-demo-") as tmp:
+        return asyncio.run(run(Path(tmp), args.step_delay, args.timeout))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
