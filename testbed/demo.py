@@ -137,10 +137,11 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
                 items = body.get("items", body) if isinstance(body, dict) else body
                 return next((c for c in items if c.get("name") == CLUSTER), {})
 
-            async def phase_reached(phase: str) -> Callable[[], Awaitable[str]]:
+            def phase_reached(phase: str) -> Callable[[], Awaitable[str]]:
                 async def wait() -> str:
                     rec = await _poll(lambda: _phase(get_cluster, phase))
-                    return f"phase {rec['phase']}"
+                    step = next((s for s in rec.get("steps", []) if s.get("phase") == phase), {})
+                    return str(step.get("detail") or f"phase {phase}")
                 return wait
 
             async def submit() -> str:
@@ -158,7 +159,7 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
                 ("4b. CAPI objects pivoted into the workload cluster", "Pivoted"),
                 ("5. signed spec published; cluster Managed", "Managed"),
             ]:
-                ok = ok and await demo.step(title, await phase_reached(phase))
+                ok = ok and await demo.step(title, phase_reached(phase))
 
             async def full_spec() -> str:
                 async def ready() -> str:

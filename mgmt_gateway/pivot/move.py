@@ -246,6 +246,16 @@ class _Run:
         # Paused, the source is stable: this graph is the one to move (on a resume, the part of
         # it that is still in the source). The target was checked before the pause.
         plan = await self.plan(check_target=False)
+        held = self.graph.cluster_node
+        if held is not None and not self.done("deleting") and not (
+                dig(held.obj, "spec", "paused") is True
+                and PIVOT_PAUSED_ANNOTATION in held.annotations):
+            # Unpaused behind our back while the move was interrupted: hold it again, and read
+            # it again once its controllers have stopped.
+            await self.call("pause the source Cluster", lambda: self.src.patch(
+                self.cluster_resource, self.cluster, _PAUSE, self.namespace,
+                field_manager=MANAGER))
+            plan = await self.plan(check_target=False)
         if self.graph.cluster_node is None:
             if not self.done("deleting"):
                 raise PivotError(f"Cluster {self.where} disappeared from the source before the "

@@ -310,6 +310,9 @@ async def test_a_crash_at_any_step_resumes_to_completion(env: Env) -> None:
         with pytest.raises(Crash):
             await move(env.src, env.dst, name, name, retry=FAST,
                        journal=CrashingJournal(FileJournal(path), k, persisted))
+        if k == 7:  # and someone unpaused the source meanwhile: the move holds it again
+            await env.src.patch(r.CLUSTER, name, {"spec": {"paused": None}}, name,
+                                field_manager="someone")
         # A new process: the journal comes back from its file.
         report = await move(env.src, env.dst, name, name, journal=FileJournal(path),
                             retry=FAST)
