@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from . import agent, apiserver
+from . import agent, apiserver, gateway
 
-BENCHES = {"apiserver": apiserver.main, "agent": agent.main}
+BENCHES = {"apiserver": apiserver.main, "agent": agent.main, "gateway": gateway.main}
 
 
 def main() -> None:

@@ -182,9 +182,21 @@ class Bootstrapper:
                                                     "control plane initialized"))
 
     async def workload(self, rec: ClusterRecord) -> KubeClient:
+        """A client for the workload cluster. The pivot moves CAPI's kubeconfig Secret out of
+        the management cluster, so the gateway keeps its own copy (next to its records) and
+        reads that first: a pivot resumed after a crash can still reach its target."""
         spec = rec.spec
-        secret = await self.management.get(r.SECRET, f"{spec.cluster_name}-kubeconfig",
-                                           spec.namespace)
+        own = f"outpost-workload-{spec.cluster_name}"
+        try:
+            secret = await self.management.get(r.SECRET, own, self.store.namespace)
+        except NotFound:
+            secret = await self.management.get(r.SECRET, f"{spec.cluster_name}-kubeconfig",
+                                               spec.namespace)
+            await self.management.apply(r.SECRET, {
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": own, "namespace": self.store.namespace,
+                             "labels": {"outpost.io/cluster": spec.cluster_name}},
+                "data": {"value": secret["data"]["value"]}}, field_manager=MANAGER)
         data = base64.b64decode(secret["data"]["value"])
         path = self.work_dir / f"{spec.cluster_name}.kubeconfig"
         path.parent.mkdir(parents=True, exist_ok=True)

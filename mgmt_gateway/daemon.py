@@ -79,7 +79,8 @@ class Gateway:
             self.store, management, self.publisher, components=settings.components,
             agent=AgentInstall(image=settings.agent_image,
                                nats_servers=settings.agent_nats_servers or settings.nats_servers,
-                               public_keys=self.public_keys, nats_credentials=creds),
+                               public_keys=self.public_keys, nats_credentials=creds,
+                               extra_env=settings.agent_env()),
             work_dir=settings.work_dir, poll=settings.poll_seconds,
             step_timeout=settings.step_timeout_seconds)
         self.registry = CollectorRegistry()

@@ -37,6 +37,9 @@ class GatewaySettings(BaseSettings):
         default_factory=list, description="NATS URLs as agents reach them (default: same)")
     agent_nats_credentials_file: Path | None = Field(
         default=None, description="NATS .creds installed for agents")
+    agent_extra_env: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="extra KEY=VALUE settings for every agent (e.g. OUTPOST_AGENT_LOG_LEVEL=DEBUG)")
     components: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="CAPI components bundle (YAML files/dirs) installed into workload clusters")
@@ -53,10 +56,21 @@ class GatewaySettings(BaseSettings):
     log_level: str = "INFO"
 
     @field_validator("nats_servers", "extra_trusted_keys", "agent_nats_servers", "components",
-                     "api_tokens", mode="before")
+                     "api_tokens", "agent_extra_env", mode="before")
     @classmethod
     def _lists(cls, v: object) -> object:
         return _split(v)
+
+    @field_validator("agent_extra_env")
+    @classmethod
+    def _pairs(cls, v: list[str]) -> list[str]:
+        bad = [item for item in v if "=" not in item or not item.split("=", 1)[0]]
+        if bad:
+            raise ValueError(f"expected KEY=VALUE items, got: {', '.join(bad)}")
+        return v
+
+    def agent_env(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.agent_extra_env)
 
     def tokens(self) -> set[str]:
         tokens = set(self.api_tokens)

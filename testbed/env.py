@@ -19,6 +19,7 @@ from .natsd import NatsServer
 
 
 class Testbed:
+    __test__ = False  # not a test class, despite the name
     def __init__(self, state_dir: Path, *, sim: SimConfig | None = None, nats: bool = True,
                  management_port: int = 0, workload_port: int = 0,
                  kubelet: bool = True) -> None:
