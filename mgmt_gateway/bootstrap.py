@@ -93,7 +93,7 @@ class Bootstrapper:
                 for rec in await self.store.list():
                     if rec.name in tasks and not tasks[rec.name].done():
                         continue
-                    if rec.phase in ("Failed",) or (
+                    if rec.phase == "Failed" or (
                             rec.phase == "Managed"
                             and rec.spec.revision <= rec.published_revision):
                         continue
@@ -143,6 +143,7 @@ class Bootstrapper:
             "AgentInstalled": self._pivot,
             "Pivoted": self._publish,
             "Managed": self._publish,
+            "Deleting": self._delete,
         }.get(rec.phase)
         if step is None:
             return None
@@ -266,6 +267,28 @@ class Bootstrapper:
         if rec.phase != "Managed":
             updated = updated.advanced("Managed", f"spec revision {rec.spec.revision} published")
         return await self.store.update(updated)
+
+    async def _delete(self, rec: ClusterRecord) -> ClusterRecord | None:
+        """Retire a cluster. Before the pivot its CAPI objects live here and are deleted (CAPI
+        tears the machines down). After it the cluster governs itself: the gateway stops
+        managing it and forgets it; the site keeps running on its cached spec until it is
+        decommissioned there."""
+        spec = rec.spec
+        pivoted = any(s.phase == "Pivoted" for s in rec.steps)
+        if not pivoted:
+            try:
+                await self.management.get(r.CLUSTER, spec.cluster_name, spec.namespace)
+                await self.management.delete(r.CLUSTER, spec.cluster_name, spec.namespace,
+                                             propagation="Foreground")
+                return None  # come back once CAPI has torn it down
+            except NotFound:
+                pass
+        await self.management.delete(r.SECRET, f"outpost-workload-{spec.cluster_name}",
+                                     self.store.namespace)
+        await self.store.delete(rec.name)
+        log.info("cluster %s retired%s", rec.name,
+                 " (self-managed: left running on its cached spec)" if pivoted else "")
+        return None
 
     async def _ensure_namespace(self, kube: KubeClient, name: str) -> None:
         await kube.apply(r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",

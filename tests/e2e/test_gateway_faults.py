@@ -1,0 +1,114 @@
+"""Gateway under API faults, and retiring a cluster, through its HTTP API on the testbed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent.kube import ApiKubeClient, NotFound
+from agent.kube import resources as r
+from mgmt_gateway.daemon import Gateway
+from mgmt_gateway.settings import GatewaySettings
+from testbed.capi import SimConfig
+from testbed.crds import components_files
+from testbed.demo import AGENT_ENV, request
+from testbed.env import Testbed
+from tests.fixtures.site import eventually
+
+TOKEN = "t"
+
+
+@asynccontextmanager
+async def gateway(tb: Testbed, state: Path) -> AsyncIterator[tuple[Gateway, aiohttp.ClientSession,
+                                                                   str]]:
+    assert tb.nats is not None
+    settings = GatewaySettings(
+        kubeconfig=tb.management_kubeconfig, nats_servers=[tb.nats.url],
+        signing_key_file=state / "key.pem", components=components_files(), api_tokens=[TOKEN],
+        http_host="127.0.0.1", http_port=0, work_dir=state, poll_seconds=0.1,
+        agent_extra_env=[f"{k}={v}" for k, v in AGENT_ENV.items()])
+    kube = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
+    gw = Gateway(settings, kube)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    await eventually(lambda: gw.ready, what="gateway ready")
+    try:
+        async with aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            yield gw, http, f"http://127.0.0.1:{gw.http_port}"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await kube.close()
+
+
+async def phase(http: aiohttp.ClientSession, base: str, name: str = "edge-1") -> str:
+    async with http.get(f"{base}/v1/clusters/{name}") as resp:
+        return str((await resp.json()).get("phase", "")) if resp.status == 200 else ""
+
+
+async def test_bootstrap_completes_through_api_faults(tmp_path: Path) -> None:
+    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.05, resync=0.5)) as tb, \
+            gateway(tb, tmp_path / "gw") as (_, http, base):
+        # Bursts of conflicts and server errors on the management API while it bootstraps.
+        tb.management.faults.fail_next(6, 500, path="/apis/")
+        tb.management.faults.fail_next(4, 409, path="configmaps", method="PUT")
+        async with http.post(f"{base}/v1/clusters", json=request(3, 1)) as resp:
+            assert resp.status == 202, await resp.text()
+
+        async def installed_then_outage() -> bool:
+            return await phase(http, base) in ("AgentInstalled", "Pivoted", "Managed")
+
+        await eventually(installed_then_outage, timeout=60, what="agent installed")
+        # The workload API goes away for a moment during the pivot.
+        await tb.workload.go_down()
+        await asyncio.sleep(1.0)
+        await tb.workload.come_up()
+
+        async def managed() -> bool:
+            return await phase(http, base) == "Managed"
+
+        await eventually(managed, timeout=90, what="Managed despite the faults")
+        assert tb.management.faults.injected >= 6
+
+
+async def test_bad_requests_create_nothing_and_delete_retires(tmp_path: Path) -> None:
+    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.3, resync=0.5)) as tb, \
+            gateway(tb, tmp_path / "gw") as (gw, http, base):
+        bad: list[dict[str, Any]] = [
+            {**request(3, 1), "name": "Not_A_Name"},
+            {**request(3, 1), "controlPlane": {"replicas": 2, "machine": {"provider": "dev"}}},
+            {**request(3, 1), "infrastructure": {"provider": "openstack"}},
+            {k: v for k, v in request(3, 1).items() if k != "kubernetesVersion"},
+        ]
+        for body in bad:
+            async with http.post(f"{base}/v1/clusters", json=body) as resp:
+                assert resp.status in (400, 422), await resp.text()
+                assert resp.content_type == "application/problem+json"
+        assert await gw.store.list() == []
+        async with http.post(f"{base}/v1/clusters", json=request(1, 0)) as resp:
+            assert resp.status == 202
+
+        async def created() -> bool:
+            return await phase(http, base) not in ("", "Requested")
+
+        await eventually(created, timeout=30, what="CAPI objects created")
+        async with http.delete(f"{base}/v1/clusters/edge-1") as resp:
+            assert resp.status == 202
+        mgmt = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
+        try:
+            async def gone() -> bool:
+                try:
+                    await mgmt.get(r.CLUSTER, "edge-1", "fleet")
+                    return False
+                except NotFound:
+                    return await phase(http, base) == ""
+
+            await eventually(gone, timeout=60, what="cluster torn down and forgotten")
+        finally:
+            await mgmt.close()
