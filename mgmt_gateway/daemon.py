@@ -36,6 +36,7 @@ class NatsLink:
         self.servers = servers
         self.credentials = credentials
         self.nc: Any = None
+        self._last_error_log = -1e9
 
     def __call__(self) -> Any:
         return self.nc if self.nc is not None and self.nc.is_connected else None
@@ -46,7 +47,10 @@ class NatsLink:
             try:
                 opts: dict[str, Any] = {"servers": self.servers, "max_reconnect_attempts": -1,
                                         "reconnect_time_wait": 0.5, "connect_timeout": 2,
-                                        "name": "outpost-gateway"}
+                                        "name": "outpost-gateway",
+                                        "error_cb": self._error,
+                                        "disconnected_cb": self._disconnected,
+                                        "reconnected_cb": self._reconnected}
                 if self.credentials:
                     opts["user_credentials"] = str(self.credentials)
                 self.nc = await asyncio.wait_for(nats.connect(**opts), 10)
@@ -55,6 +59,20 @@ class NatsLink:
                 log.warning("cannot connect to NATS (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
+
+    # One line per event instead of the client's default tracebacks; a link that flaps for
+    # hours must not flood the log.
+    async def _error(self, e: Exception) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_error_log > 60:
+            self._last_error_log = now
+            log.warning("NATS: %s: %s", type(e).__name__, e)
+
+    async def _disconnected(self) -> None:
+        log.warning("lost the NATS connection; reconnecting")
+
+    async def _reconnected(self) -> None:
+        log.info("reconnected to NATS")
 
     async def close(self) -> None:
         if self.nc is not None:
