@@ -32,6 +32,7 @@ from agent.reconcile import LeaderElector, PassResult, TopologyController
 from agent.report import Outbox, Publisher, compute_status
 from agent.settings import Settings
 from agent.spec import ClusterSpec, StatusReport, load_public_keys, logfmt
+from agent.spec.envelope import explain_settings
 
 log = logging.getLogger("outpost.agent")
 
@@ -302,10 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(_env_file=args.env_file) if args.env_file else Settings()  # type: ignore[call-arg]
     except ValidationError as e:
-        problems = "; ".join(
-            f"OUTPOST_AGENT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in e.errors(include_url=False))
-        print(f"outpost-agent: invalid configuration: {problems} (see --help)", file=sys.stderr)
+        print(f"outpost-agent: invalid configuration: {explain_settings(e, 'OUTPOST_AGENT_')} "
+              "(see --help)", file=sys.stderr)
         return 2
     logfmt.setup(settings.log_level)
     try:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from agent.kube import ApiKubeClient, KubeClient, KubeError
 from agent.kube import resources as r
 from agent.spec import logfmt, public_key_text
+from agent.spec.envelope import explain_settings
 
 from .api import ApiDeps, make_app
 from .bootstrap import AgentInstall, Bootstrapper
@@ -167,11 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = GatewaySettings()
     except ValidationError as e:
-        problems = "; ".join(
-            f"OUTPOST_GATEWAY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in e.errors(include_url=False))
-        print(f"outpost-gateway: invalid configuration: {problems} (see --help)",
-              file=sys.stderr)
+        print("outpost-gateway: invalid configuration: "
+              f"{explain_settings(e, 'OUTPOST_GATEWAY_')} (see --help)", file=sys.stderr)
         return 2
     logfmt.setup(settings.log_level)
     try:

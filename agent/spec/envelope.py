@@ -98,6 +98,12 @@ def explain(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def explain_settings(err: ValidationError, prefix: str) -> str:
+    """Settings errors named by the environment variable a person sets, e.g. OUTPOST_AGENT_X."""
+    return "; ".join(f"{prefix}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                     for e in err.errors(include_url=False))
+
+
 def load_public_keys(encoded: Iterable[str]) -> dict[str, Ed25519PublicKey]:
     """Public keys given as PEM or as base64 of the 32 raw bytes, indexed by key id."""
     keys: dict[str, Ed25519PublicKey] = {}

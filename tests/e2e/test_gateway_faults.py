@@ -13,6 +13,7 @@ import aiohttp
 from agent.kube import ApiKubeClient, NotFound
 from agent.kube import resources as r
 from mgmt_gateway.daemon import Gateway
+from mgmt_gateway.publish import generate_signing_key
 from mgmt_gateway.settings import GatewaySettings
 from testbed.capi import SimConfig
 from testbed.crds import components_files
@@ -24,12 +25,13 @@ TOKEN = "t"
 
 
 @asynccontextmanager
-async def gateway(tb: Testbed, state: Path) -> AsyncIterator[tuple[Gateway, aiohttp.ClientSession,
-                                                                   str]]:
+async def gateway(tb: Testbed, state: Path, key: Path | None = None,
+                  ) -> AsyncIterator[tuple[Gateway, aiohttp.ClientSession, str]]:
     assert tb.nats is not None
     settings = GatewaySettings(
         kubeconfig=tb.management_kubeconfig, nats_servers=[tb.nats.url],
-        signing_key_file=state / "key.pem", components=components_files(), api_tokens=[TOKEN],
+        signing_key_file=key or state / "key.pem", components=components_files(),
+        api_tokens=[TOKEN],
         http_host="127.0.0.1", http_port=0, work_dir=state, poll_seconds=0.1,
         agent_extra_env=[f"{k}={v}" for k, v in AGENT_ENV.items()])
     kube = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
@@ -112,3 +114,39 @@ async def test_bad_requests_create_nothing_and_delete_retires(tmp_path: Path) ->
             await eventually(gone, timeout=60, what="cluster torn down and forgotten")
         finally:
             await mgmt.close()
+
+
+async def test_two_gateway_replicas_create_each_cluster_once(tmp_path: Path) -> None:
+    key = tmp_path / "signing-key.pem"  # replicas share one signing key (a mounted Secret)
+    generate_signing_key(key)
+    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.05, resync=0.5)) as tb, \
+            gateway(tb, tmp_path / "gw-a", key) as (_, http_a, base_a), \
+            gateway(tb, tmp_path / "gw-b", key) as (_, http_b, base_b):
+        # Both replicas are asked at once: exactly one request wins, the other is told so.
+        results = await asyncio.gather(http_a.post(f"{base_a}/v1/clusters", json=request(3, 1)),
+                                       http_b.post(f"{base_b}/v1/clusters", json=request(3, 1)))
+        assert sorted(r.status for r in results) == [202, 409]
+        for resp in results:
+            resp.release()
+
+        async def managed() -> bool:
+            return await phase(http_a, base_a) == "Managed"
+
+        await eventually(managed, timeout=90, what="Managed with two replicas working")
+
+        async def converged() -> bool:
+            async with http_b.get(f"{base_b}/v1/clusters/edge-1") as resp:
+                body = await resp.json()
+            return bool(body.get("status", {}).get("appliedRevision") == 1) or bool(
+                body.get("appliedRevision") == 1)
+
+        await eventually(converged, timeout=60, what="the agent applied the published spec")
+        workload = await ApiKubeClient.from_kubeconfig(tb.workload_kubeconfig)
+        try:
+            assert len((await workload.list(r.CLUSTER, "fleet")).items) == 1
+            assert len((await workload.list(r.KUBEADM_CONTROL_PLANE, "fleet")).items) == 1
+            machines = (await workload.list(r.MACHINE, "fleet")).items
+            names = [m["metadata"]["name"] for m in machines]
+            assert len(names) == len(set(names))
+        finally:
+            await workload.close()
