@@ -23,6 +23,7 @@ from agent.spec.envelope import explain_settings
 
 from .api import ApiDeps, make_app
 from .bootstrap import AgentInstall, Bootstrapper
+from .pivot import MemoryJournal, move
 from .publish import SpecPublisher, StatusCollector, generate_signing_key, load_signing_key
 from .settings import GatewaySettings
 from .state import RecordStore
@@ -143,11 +144,37 @@ def _parser() -> argparse.ArgumentParser:
     fields = "\n".join(
         f"  OUTPOST_GATEWAY_{name.upper():<30} {(f.description or '').strip()}"
         for name, f in GatewaySettings.model_fields.items())
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="outpost-gateway", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Outpost management gateway: creates clusters with Cluster API, installs "
-                    "the agent, pivots, and publishes signed specs.",
+                    "the agent, pivots, and publishes signed specs. Without a command it "
+                    "serves the API and works the clusters.",
         epilog="Configuration comes from the environment:\n" + fields)
+    sub = parser.add_subparsers(dest="command")
+    plan = sub.add_parser(
+        "move-plan", help="print what a pivot of a cluster would move (a dry run: reads only)",
+        description="Dry run of the pivot (clusterctl move semantics): discover the cluster's "
+                    "object graph in the management cluster, check the preconditions, and "
+                    "print the move plan and what would be skipped. Changes nothing.")
+    plan.add_argument("--namespace", required=True, help="namespace of the Cluster")
+    plan.add_argument("--cluster", required=True, help="name of the Cluster")
+    plan.add_argument("--target-kubeconfig", type=Path, required=True,
+                      help="kubeconfig of the cluster it would move into")
+    return parser
+
+
+async def _move_plan(settings: GatewaySettings, args: argparse.Namespace) -> int:
+    source = (await ApiKubeClient.from_kubeconfig(settings.kubeconfig) if settings.kubeconfig
+              else ApiKubeClient.from_in_cluster())
+    target = await ApiKubeClient.from_kubeconfig(args.target_kubeconfig)
+    try:
+        report = await move(source, target, args.namespace, args.cluster,
+                            journal=MemoryJournal(), dry_run=True)
+    finally:
+        await source.close()
+        await target.close()
+    print(report.describe())
+    return 1 if report.problems else 0
 
 
 async def _amain(settings: GatewaySettings) -> int:
@@ -164,7 +191,7 @@ async def _amain(settings: GatewaySettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _parser().parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         settings = GatewaySettings()
     except ValidationError as e:
@@ -173,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logfmt.setup(settings.log_level)
     try:
+        if args.command == "move-plan":
+            return asyncio.run(_move_plan(settings, args))
         return asyncio.run(_amain(settings))
     except (ValueError, KubeError, OSError) as e:
         print(f"outpost-gateway: cannot start: {e}", file=sys.stderr)

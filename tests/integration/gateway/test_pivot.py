@@ -452,3 +452,23 @@ async def test_abandon_rolls_back_before_deletion_and_forward_after(env: Env) ->
     assert report.outcome == "moved"
     await assert_moved(env, before[fwd])
 
+
+
+async def test_move_plan_command_prints_the_plan_and_changes_nothing(env: Env) -> None:
+    import asyncio as aio
+    import os
+    import sys
+
+    before = await up(env, "cli", "c-cli", workers=0)
+    proc = await aio.create_subprocess_exec(
+        sys.executable, "-m", "mgmt_gateway.daemon", "move-plan", "--namespace", "cli",
+        "--cluster", "c-cli", "--target-kubeconfig", str(env.tmp / "workload.kubeconfig"),
+        env={**os.environ, "OUTPOST_GATEWAY_KUBECONFIG": str(env.tmp / "management.kubeconfig"),
+             "OUTPOST_GATEWAY_LOG_LEVEL": "WARNING"},
+        stdout=aio.subprocess.PIPE, stderr=aio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert "c-cli" in text and "KubeadmControlPlane" in text
+    await assert_untouched_target(env, before)
+    await assert_not_paused_in_source(env, "cli", "c-cli")
