@@ -13,16 +13,7 @@ from agent.spec import ClusterSpec, capi
 
 from . import upgrade
 from .compare import covers
-from .types import Action, Apply, Delete, Note, Obj, Observed, Plan
-
-
-def _get(obj: Obj | None, *path: str) -> Any:
-    cur: Any = obj
-    for p in path:
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(p)
-    return cur
+from .types import Action, Apply, Delete, Note, Obj, Observed, Plan, dig
 
 
 def _name(obj: Obj) -> str:
@@ -67,10 +58,10 @@ def _plan_control_plane(spec: ClusterSpec, observed: Observed, b: _Builder,
         b.notes.append(Note("ControlPlaneMissing", "no KubeadmControlPlane found for the "
                             "cluster: it is created by the gateway before the pivot"))
         return None
-    current_ref = _get(kcp, "spec", "machineTemplate", "spec", "infrastructureRef", "name")
+    current_ref = dig(kcp, "spec", "machineTemplate", "spec", "infrastructureRef", "name")
     if current_ref:
         referenced.add(str(current_ref))
-    current = str(_get(kcp, "spec", "version") or spec.kubernetes_version)
+    current = str(dig(kcp, "spec", "version") or spec.kubernetes_version)
     settled = upgrade.rollout_settled(kcp)
     running = upgrade.running_version(kcp)
 
@@ -99,12 +90,12 @@ def _plan_control_plane(spec: ClusterSpec, observed: Observed, b: _Builder,
     wanted = capi.control_plane_fields(spec, version, new_ref)
     wanted["metadata"]["name"] = _name(kcp)
     wanted["metadata"]["namespace"] = kcp["metadata"].get("namespace", spec.namespace)
-    if not settled and spec.certificates.rotate_after is not None and _get(
+    if not settled and spec.certificates.rotate_after is not None and dig(
             kcp, "spec", "rollout", "after") != wanted["spec"]["rollout"].get("after"):
         # rollout.after starts a rollout: never stack it on one already running.
         wanted["spec"]["rollout"].pop("after")
-        if _get(kcp, "spec", "rollout", "after"):
-            wanted["spec"]["rollout"]["after"] = _get(kcp, "spec", "rollout", "after")
+        if dig(kcp, "spec", "rollout", "after"):
+            wanted["spec"]["rollout"]["after"] = dig(kcp, "spec", "rollout", "after")
     if not covers(kcp, {"spec": wanted["spec"]}):
         b.updates.append(Apply("KubeadmControlPlane", _name(kcp), wanted,
                                _describe_cp_change(kcp, wanted)))
@@ -125,12 +116,12 @@ def _lower(a: str | None, b: str | None) -> str | None:
 def _describe_cp_change(kcp: Obj, wanted: Obj) -> str:
     parts = []
     spec = wanted["spec"]
-    if _get(kcp, "spec", "replicas") != spec["replicas"]:
-        parts.append(f"replicas {_get(kcp, 'spec', 'replicas')} -> {spec['replicas']}")
-    if _get(kcp, "spec", "version") != spec["version"]:
-        parts.append(f"version {_get(kcp, 'spec', 'version')} -> {spec['version']}")
+    if dig(kcp, "spec", "replicas") != spec["replicas"]:
+        parts.append(f"replicas {dig(kcp, 'spec', 'replicas')} -> {spec['replicas']}")
+    if dig(kcp, "spec", "version") != spec["version"]:
+        parts.append(f"version {dig(kcp, 'spec', 'version')} -> {spec['version']}")
     ref = spec["machineTemplate"]["spec"]["infrastructureRef"]["name"]
-    if _get(kcp, "spec", "machineTemplate", "spec", "infrastructureRef", "name") != ref:
+    if dig(kcp, "spec", "machineTemplate", "spec", "infrastructureRef", "name") != ref:
         parts.append(f"machine template -> {ref}")
     return "control plane: " + (", ".join(parts) or "rollout and access settings")
 
@@ -169,9 +160,9 @@ def _plan_workers(spec: ClusterSpec, observed: Observed, b: _Builder, referenced
 def _plan_existing_pool(spec: ClusterSpec, pool: Any, md: Obj, infra: str, boot: str,
                         target: str, cp_version: str | None, b: _Builder,
                         referenced: set[str]) -> None:
-    tspec = _get(md, "spec", "template", "spec") or {}
-    cur_infra = _get(tspec, "infrastructureRef", "name")
-    cur_boot = _get(tspec, "bootstrap", "configRef", "name")
+    tspec = dig(md, "spec", "template", "spec") or {}
+    cur_infra = dig(tspec, "infrastructureRef", "name")
+    cur_boot = dig(tspec, "bootstrap", "configRef", "name")
     referenced.update(str(n) for n in (cur_infra, cur_boot) if n)
     current = tspec.get("version")
     settled = upgrade.rollout_settled(md)
@@ -193,8 +184,8 @@ def _plan_existing_pool(spec: ClusterSpec, pool: Any, md: Obj, infra: str, boot:
     if not covers(md, {"metadata": {"labels": wanted["metadata"]["labels"]},
                        "spec": wanted["spec"]}):
         parts = []
-        if _get(md, "spec", "replicas") != pool.replicas:
-            parts.append(f"replicas {_get(md, 'spec', 'replicas')} -> {pool.replicas}")
+        if dig(md, "spec", "replicas") != pool.replicas:
+            parts.append(f"replicas {dig(md, 'spec', 'replicas')} -> {pool.replicas}")
         if current != version:
             parts.append(f"version {current} -> {version}")
         if cur_infra != infra or cur_boot != boot:
@@ -209,11 +200,11 @@ def _collect_templates(spec: ClusterSpec, observed: Observed, b: _Builder,
     """Delete Outpost's templates nothing uses any more (a MachineSet still scaling down counts
     as a user: deleting its template mid-rollout would strand it)."""
     for ms in observed.machine_sets:
-        replicas = (_get(ms, "spec", "replicas") or 0) + (_get(ms, "status", "replicas") or 0)
+        replicas = (dig(ms, "spec", "replicas") or 0) + (dig(ms, "status", "replicas") or 0)
         if replicas:
-            tspec = _get(ms, "spec", "template", "spec") or {}
-            for ref in (_get(tspec, "infrastructureRef", "name"),
-                        _get(tspec, "bootstrap", "configRef", "name")):
+            tspec = dig(ms, "spec", "template", "spec") or {}
+            for ref in (dig(tspec, "infrastructureRef", "name"),
+                        dig(tspec, "bootstrap", "configRef", "name")):
                 if ref:
                     referenced.add(str(ref))
     for templates in (observed.infra_templates, observed.bootstrap_templates):

@@ -10,6 +10,16 @@ from typing import Any
 Obj = dict[str, Any]
 
 
+def dig(obj: Any, *path: str) -> Any:
+    """The value at `path` in nested mappings, or None where any step is missing."""
+    cur: Any = obj
+    for key in path:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(key)
+    return cur
+
+
 @dataclass(frozen=True)
 class Observed:
     """The slice of the cluster a topology pass looks at, as the API returned it."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
+from agent.plan.types import dig
 from agent.spec.models import ClusterSpec
 from agent.spec.status import Condition, Phase, PoolStatus, ReplicaStatus, StatusReport
 
@@ -59,15 +60,6 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
-    cur: Any = obj
-    for key in path:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(key)
-    return cur
-
-
 def _count(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
@@ -88,8 +80,8 @@ def _rollout(kind: str, obj: Mapping[str, Any], *, desired: int, version: str | 
              spec_replicas: int | None, spec_version: str | None, observed_version: str | None,
              ready: int, up_to_date: int) -> _Verdict:
     """Why a KCP or MachineDeployment is not yet where the spec wants it (or that it is)."""
-    name = _get(obj, "metadata", "name") or kind
-    if _get(obj, "metadata", "deletionTimestamp"):
+    name = dig(obj, "metadata", "name") or kind
+    if dig(obj, "metadata", "deletionTimestamp"):
         return _Verdict("False", "Deleting", f"{kind} {name} is being deleted")
     if spec_replicas != desired:
         return _Verdict("False", "SpecNotApplied",
@@ -97,8 +89,8 @@ def _rollout(kind: str, obj: Mapping[str, Any], *, desired: int, version: str | 
     if version is not None and spec_version != version:
         return _Verdict("False", "SpecNotApplied",
                         f"{kind} {name} is set to {spec_version}, the spec to {version}")
-    generation = _opt_count(_get(obj, "metadata", "generation"))
-    observed = _opt_count(_get(obj, "status", "observedGeneration"))
+    generation = _opt_count(dig(obj, "metadata", "generation"))
+    observed = _opt_count(dig(obj, "status", "observedGeneration"))
     if generation is not None and observed is not None and observed < generation:
         return _Verdict("False", "Reconciling",
                         f"{kind} {name}: the controller has not yet seen the latest change")
@@ -111,7 +103,7 @@ def _rollout(kind: str, obj: Mapping[str, Any], *, desired: int, version: str | 
     if ready < desired:
         return _Verdict("False", "WaitingForReplicas",
                         f"{kind} {name}: {ready} of {desired} replicas ready")
-    total = _opt_count(_get(obj, "status", "replicas"))
+    total = _opt_count(dig(obj, "status", "replicas"))
     if total is not None and total > desired:
         return _Verdict("False", "ScalingDown",
                         f"{kind} {name}: {total} replicas, scaling down to {desired}")
@@ -126,13 +118,13 @@ def _control_plane(cluster: str, spec: ClusterSpec | None,
             return None, _Verdict("Unknown", "NoSpec", "no spec and no KubeadmControlPlane")
         return (ReplicaStatus(desired=spec.control_plane.replicas),
                 _Verdict("False", "NotFound", f"KubeadmControlPlane {cluster} not found"))
-    spec_replicas = _opt_count(_get(kcp, "spec", "replicas"))
-    spec_version = _opt_str(_get(kcp, "spec", "version"))
+    spec_replicas = _opt_count(dig(kcp, "spec", "replicas"))
+    spec_version = _opt_str(dig(kcp, "spec", "version"))
     desired = spec.control_plane.replicas if spec else (spec_replicas or 0)
     version = spec.kubernetes_version if spec else spec_version
-    ready = _count(_get(kcp, "status", "readyReplicas"))
-    up_to_date = _count(_get(kcp, "status", "upToDateReplicas"))
-    observed_version = _opt_str(_get(kcp, "status", "version"))
+    ready = _count(dig(kcp, "status", "readyReplicas"))
+    up_to_date = _count(dig(kcp, "status", "upToDateReplicas"))
+    observed_version = _opt_str(dig(kcp, "status", "version"))
     replicas = ReplicaStatus(desired=desired, ready=ready, up_to_date=up_to_date,
                              version=observed_version)
     verdict = _rollout("KubeadmControlPlane", kcp, desired=desired, version=version,
@@ -142,10 +134,10 @@ def _control_plane(cluster: str, spec: ClusterSpec | None,
 
 
 def _pool_of(cluster: str, md: Mapping[str, Any], wanted: set[str]) -> str | None:
-    label = _opt_str(_get(md, "metadata", "labels", POOL_LABEL))
+    label = _opt_str(dig(md, "metadata", "labels", POOL_LABEL))
     if label:
         return label
-    name = _opt_str(_get(md, "metadata", "name")) or ""
+    name = _opt_str(dig(md, "metadata", "name")) or ""
     prefix = f"{cluster}-"
     # Unlabelled MachineDeployments are ours only if named after a pool of the spec.
     if name.startswith(prefix) and name[len(prefix):] in wanted:
@@ -160,7 +152,7 @@ def _workers(cluster: str, spec: ClusterSpec | None,
     for candidate in mds:
         pool = _pool_of(cluster, candidate, set(wanted))
         if pool is not None and (pool not in found
-                                 or _get(candidate, "metadata", "labels", POOL_LABEL)):
+                                 or dig(candidate, "metadata", "labels", POOL_LABEL)):
             found[pool] = candidate
     pools: list[PoolStatus] = []
     problems: list[str] = []
@@ -172,12 +164,12 @@ def _workers(cluster: str, spec: ClusterSpec | None,
             pools.append(PoolStatus(name=name, desired=desired))
             problems.append(f"pool {name}: MachineDeployment {cluster}-{name} not found")
             continue
-        spec_replicas = _opt_count(_get(md, "spec", "replicas"))
-        spec_version = _opt_str(_get(md, "spec", "template", "spec", "version"))
+        spec_replicas = _opt_count(dig(md, "spec", "replicas"))
+        spec_version = _opt_str(dig(md, "spec", "template", "spec", "version"))
         if spec is None:
             desired = spec_replicas or 0
-        ready = _count(_get(md, "status", "readyReplicas"))
-        up_to_date = _count(_get(md, "status", "upToDateReplicas"))
+        ready = _count(dig(md, "status", "readyReplicas"))
+        up_to_date = _count(dig(md, "status", "upToDateReplicas"))
         pools.append(PoolStatus(name=name, desired=desired, ready=ready, up_to_date=up_to_date,
                                 version=spec_version))
         if spec is not None and pool_spec is None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from testbed.apiserver.errors import ApiError
 from testbed.apiserver.patch import (
     ITEM,
     ListSchema,
@@ -699,16 +700,7 @@ class ApplyConflict(Exception):
 
     def to_status(self) -> dict[str, Any]:
         """The ``metav1.Status`` body of the 409 the apiserver returns."""
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": "Conflict",
-            "details": {"causes": list(self.causes)},
-            "code": 409,
-        }
+        return ApiError(409, "Conflict", self.message, {"causes": list(self.causes)}).status()
 
 
 def _apply_error(config: Mapping[str, Any], problem: str) -> PatchError:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
+from .errors import ApiError
+
 __all__ = [
     "BUILTIN_LISTS",
     "ITEM",
@@ -55,15 +57,7 @@ class PatchError(Exception):
 
     def to_status(self) -> dict[str, Any]:
         """The ``metav1.Status`` body the apiserver would send for this error."""
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
+        return ApiError(self.code, self.reason, self.message).status()
 
 
 def _bad_request(message: str) -> PatchError:
