@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 from . import agent, apiserver, gateway
 
@@ -15,6 +16,8 @@ def main() -> None:
     p.add_argument("names", nargs="*", metavar="NAME",
                    help=f"benchmarks to run, of: {', '.join(BENCHES)} (default: all)")
     args = p.parse_args()
+    # Figures only: the components' own warnings (a NATS server stopped on purpose) are noise.
+    logging.basicConfig(level=logging.ERROR)
     unknown = set(args.names) - set(BENCHES)
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from "
