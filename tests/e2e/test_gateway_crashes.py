@@ -73,9 +73,12 @@ async def test_sigkill_after_every_step_still_reaches_managed(tmp_path: Path) ->
                 async def moved(b: tuple[str, int] = before) -> bool:
                     return await progress(store) != b
 
-                await eventually(moved, timeout=60, interval=0.01, what=f"progress past {before}")
-                proc.send_signal(signal.SIGKILL)  # no cleanup of any kind
-                await proc.wait()
+                try:
+                    await eventually(moved, timeout=60, interval=0.01,
+                                     what=f"progress past {before}")
+                finally:
+                    proc.send_signal(signal.SIGKILL)  # no cleanup of any kind
+                    await proc.wait()
                 kills += 1
                 seen.append(await progress(store))
             assert (await progress(store))[0] == "Managed", seen
