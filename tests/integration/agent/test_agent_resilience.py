@@ -120,10 +120,15 @@ async def test_sigterm_during_a_pass_exits_cleanly_and_next_agent_repairs(site: 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent.daemon", env=env, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    await site.publish(make_spec(revision=1, cp=3, workers={"a": 2, "b": 1}))
-    await eventually(lambda: site.api.faults.delaying == 1, what="a write held mid-pass")
-    proc.send_signal(signal.SIGTERM)
-    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    try:
+        await site.publish(make_spec(revision=1, cp=3, workers={"a": 2, "b": 1}))
+        await eventually(lambda: site.api.faults.delaying == 1, what="a write held mid-pass")
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b'"msg": "shutting down"' in err
     assert b"still running after the grace period" not in err  # the pass finished in time
