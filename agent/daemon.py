@@ -28,8 +28,9 @@ from agent.kube import ApiKubeClient, KubeClient, KubeError
 from agent.kube import resources as r
 from agent.metrics import Metrics
 from agent.plan.certs import earliest_expiry
-from agent.reconcile import LeaderElector, PassResult, TopologyController
+from agent.reconcile import PassResult, TopologyController
 from agent.report import Outbox, Publisher, compute_status
+from agent.runtime import LeaderElector
 from agent.settings import Settings
 from agent.spec import ClusterSpec, StatusReport, load_public_keys, logfmt
 from agent.spec.envelope import explain_settings

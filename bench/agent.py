@@ -20,6 +20,7 @@ import nats
 from kubernetes_asyncio import client
 
 from agent.spec import public_key_text, sign
+from agent.spec.wire import SPECS_BUCKET
 from testbed.apiserver.store import Event
 from testbed.site import CLUSTER, NS, Site, make_spec
 
@@ -96,7 +97,7 @@ async def _latency(site: Site) -> list[float]:
     await site.publish(make_spec(revision=1, workers={"bench": 1}))
     await wait_for(1)
     nc = await nats.connect(site.nats.url)
-    kv = await nc.jetstream().key_value("outpost-specs")
+    kv = await nc.jetstream().key_value(SPECS_BUCKET)
     lat = []
     for rev in range(2, REVISIONS + 2):
         replicas = rev  # every revision a new value, so each needs exactly one write

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -38,6 +38,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
 from agent.spec import ClusterSpec, EnvelopeError, StatusReport, explain, parse_envelope, sign
+from agent.spec.wire import JS_STREAM_NAME_IN_USE, SPECS_BUCKET, SPECS_HISTORY, STATUS_BUCKET
 
 __all__ = [
     "SPECS_BUCKET", "SPECS_HISTORY", "STATUS_BUCKET", "NcProvider", "ObservedStatus",
@@ -47,11 +48,6 @@ __all__ = [
 
 log = logging.getLogger("outpost.gateway.publish")
 
-SPECS_BUCKET: Final = "outpost-specs"
-SPECS_HISTORY: Final = 10
-"""Past envelopes kept per cluster: enough to see what was published recently, bounded."""
-STATUS_BUCKET: Final = "outpost-status"
-_STREAM_NAME_IN_USE: Final = 10058
 
 NcProvider = Callable[[], Client | None]
 
@@ -179,7 +175,7 @@ class SpecPublisher:
                     description="Outpost signed cluster specs, one key per cluster"))
                 log.info("created KV bucket %s (history %d)", self.bucket, self.history)
             except nats.js.errors.BadRequestError as e:
-                if e.err_code != _STREAM_NAME_IN_USE:
+                if e.err_code != JS_STREAM_NAME_IN_USE:
                     raise
                 kv = await js.key_value(self.bucket)  # another replica created it first
         self._kv = (nc, kv)

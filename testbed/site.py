@@ -22,6 +22,7 @@ from agent.daemon import Agent
 from agent.kube import ApiKubeClient
 from agent.settings import Settings
 from agent.spec import ClusterSpec, capi, public_key_text, sign
+from agent.spec.wire import SPECS_BUCKET
 
 from .apiserver import ApiServer
 from .capi import CapiSimulator, SimConfig
@@ -141,9 +142,9 @@ class Site:
         try:
             js = nc.jetstream()
             try:
-                kv = await js.key_value("outpost-specs")
+                kv = await js.key_value(SPECS_BUCKET)
             except Exception:
-                kv = await js.create_key_value(KeyValueConfig(bucket="outpost-specs",
+                kv = await js.create_key_value(KeyValueConfig(bucket=SPECS_BUCKET,
                                                               history=10))
             return int(await kv.put(CLUSTER, raw))
         finally:

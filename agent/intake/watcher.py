@@ -24,11 +24,13 @@ from urllib.parse import urlsplit, urlunsplit
 from nats.aio.client import Client
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from agent.spec.wire import SPECS_BUCKET
+
 __all__ = ["BUCKET", "OnCandidate", "SpecWatcher", "WatcherSettings"]
 
 log = logging.getLogger(__name__)
 
-BUCKET = "outpost-specs"
+BUCKET = SPECS_BUCKET
 _KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 
 OnCandidate = Callable[[bytes, int], Awaitable[None]]

@@ -1,7 +1,5 @@
-"""The reconcile engine: work queue, triggers, passes that apply plans, leader election."""
+"""The reconcile engine: triggers, passes that observe, plan and apply, per-key error isolation."""
 
 from .controller import PassResult, TopologyController
-from .leader import LeaderElector
-from .queue import WorkQueue
 
-__all__ = ["LeaderElector", "PassResult", "TopologyController", "WorkQueue"]
+__all__ = ["PassResult", "TopologyController"]

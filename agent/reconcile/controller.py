@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from agent.kube.errors import KubeError
 from agent.kube.types import KubeClient
 from agent.plan import Action, Note, Observed, plan_topology
+from agent.runtime.queue import ShutDown, WorkQueue
 from agent.spec import ClusterSpec, capi
 
 from .execute import execute
 from .observe import Caches, observe
-from .queue import ShutDown, WorkQueue
 
 log = logging.getLogger(__name__)
 KEY = "topology"

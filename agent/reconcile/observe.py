@@ -10,9 +10,8 @@ from agent.kube import resources as r
 from agent.kube.errors import NotFound
 from agent.kube.types import KubeClient, Obj, Resource
 from agent.plan import Action, Observed
+from agent.runtime.informer import Informer
 from agent.spec import ClusterSpec, capi
-
-from .informer import Informer
 
 
 def _by_name(items: list[Obj]) -> dict[str, Obj]:

@@ -30,7 +30,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
 
 import nats.errors
 import nats.js.errors
@@ -41,6 +40,17 @@ from nats.js.kv import KeyValue
 
 from agent.spec.models import DNS_LABEL
 from agent.spec.status import StatusReport
+from agent.spec.wire import (
+    EVENTS_DUPLICATE_WINDOW,
+    EVENTS_MAX_AGE,
+    EVENTS_STREAM,
+    EVENTS_SUBJECTS,
+    JS_STREAM_NAME_IN_USE,
+    STATUS_BUCKET,
+    event_subject,
+    kv_subject,
+    msg_id,
+)
 
 from .events import AgentEvent, EventType
 from .outbox import Outbox, Record
@@ -59,25 +69,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENTS_STREAM: Final = "OUTPOST_EVENTS"
-EVENTS_SUBJECTS: Final = "outpost.events.>"
-STATUS_BUCKET: Final = "outpost-status"
-EVENTS_MAX_AGE: Final = 30 * 24 * 3600.0
-EVENTS_DUPLICATE_WINDOW: Final = 3600.0
-"""Longer than JetStream's 2-minute default: a re-send after an outage of up to an hour is still
-recognised. Beyond that, consumers can dedupe on (cluster, seq), which never repeats."""
-
-_STREAM_NAME_IN_USE: Final = 10058
-
 NcProvider = Callable[[], Client | None]
 
-
-def event_subject(cluster: str) -> str:
-    return f"outpost.events.{cluster}"
-
-
-def msg_id(cluster: str, seq: int) -> str:
-    return f"{cluster}-{seq}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +261,7 @@ class Publisher:
         elif self._kv is not None and self._kv[0] is nc:
             await self._kv[1].put(self.cluster, record.payload)
         else:  # no handle on the bucket (no permission to look it up): same subject kv uses
-            await js.publish(f"$KV.{STATUS_BUCKET}.{self.cluster}", record.payload,
+            await js.publish(kv_subject(STATUS_BUCKET, self.cluster), record.payload,
                              timeout=self._timeout)
         await self.outbox.ack_async(record.seq)
         self._delivered += 1
@@ -306,7 +299,7 @@ class Publisher:
                                 description="Outpost agent events")
             log.info("created stream %s", EVENTS_STREAM)
         except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != _STREAM_NAME_IN_USE:  # another agent won the race: fine
+            if exc.err_code != JS_STREAM_NAME_IN_USE:  # another agent won the race: fine
                 raise
 
     @staticmethod

@@ -50,11 +50,11 @@ def test_only_agent_kube_imports_kubernetes_asyncio() -> None:
     assert offenders == []
 
 
-def test_gateway_uses_only_the_agent_contract_and_seam() -> None:
+def test_gateway_uses_only_the_agent_contract_seam_and_runtime() -> None:
     bad = [
         (str(p.relative_to(ROOT)), m)
         for p, m in imports_of("mgmt_gateway")
-        if top(m) == "agent" and not (m.startswith("agent.spec") or m.startswith("agent.kube"))
+        if top(m) == "agent" and not m.startswith(("agent.spec", "agent.kube", "agent.runtime"))
         and m != "agent"
     ]
     assert bad == []
