@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -29,8 +28,9 @@ from agent.kube import resources as r
 from agent.metrics import Metrics
 from agent.plan.certs import earliest_expiry
 from agent.reconcile import PassResult, TopologyController
-from agent.report import Outbox, Publisher, compute_status
+from agent.report import EventType, Outbox, Publisher, compute_status
 from agent.runtime import LeaderElector
+from agent.runtime.supervisor import Supervisor, SupervisorFailed
 from agent.settings import Settings
 from agent.spec import ClusterSpec, StatusReport, load_public_keys, logfmt
 from agent.spec.envelope import explain_settings
@@ -77,20 +77,31 @@ class Agent:
             kube, lambda: self.intake.desired, on_pass=self._on_pass,
             is_leader=lambda: self.elector is None or self.elector.is_leader,
             resync=settings.resync_seconds)
+        self.supervisor = Supervisor(component="agent", registry=self.metrics.registry,
+                                     backoff_max=settings.retry_max_seconds)
         self.ready = False
         self.stopping = False
         self.http_port = settings.http_port
         self.applied_revision = 0
         self.last_pass: PassResult | None = None
+        self.notes: dict[str, str] = {}  # conditions from plan notes now holding: reason -> text
+        self._failing: set[tuple[str, str, str]] = set()  # (kind, name, error) reported once
         self.last_status: StatusReport | None = None
         self._last_status_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop: asyncio.Event | None = None
 
     # -- callbacks -------------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
+        """A short fire-and-forget job (an event, a report); its failure is logged, never lost."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background job failed", exc_info=task.exception())
 
     def _on_desired(self, spec: ClusterSpec) -> None:
         self.metrics.revision_desired.set(spec.revision)
@@ -117,15 +128,23 @@ class Agent:
         self.metrics.reconcile_duration.observe(result.duration)
         outcome = "error" if result.error else "converged" if result.converged else "progressing"
         self.metrics.reconciles.labels(result=outcome).inc()
+        if result.crashed:
+            self.metrics.reconcile_crashes.inc()
         self.metrics.queue_depth.set(self.controller.queue.depth)
         for action in result.done:
             verb = "delete" if type(action).__name__ == "Delete" else "apply"
             self.metrics.api_writes.labels(verb=verb).inc()
             await self.publisher.emit("Changed", action.reason, revision=result.revision,
                                       obj=f"{action.kind}/{self._ns()}/{action.name}")
-        if result.converged and result.revision > self.applied_revision:
+        await self._report_failures(result)
+        await self._report_notes(result)
+        if result.converged and result.revision != self.applied_revision:
             self.applied_revision = result.revision
             self.metrics.revision_applied.set(result.revision)
+            try:
+                await self.intake.cache.save_applied_async(result.revision)
+            except OSError as e:
+                log.error("cannot persist the applied revision %d: %s", result.revision, e)
             await self.publisher.emit("SpecApplied", f"cluster converged to revision "
                                       f"{result.revision}", revision=result.revision)
         if result.observed is not None:
@@ -133,6 +152,34 @@ class Agent:
             if expiry is not None:
                 self.metrics.cert_expiry.set(expiry.timestamp())
         await self._report(force=bool(result.done) or result.error is not None)
+
+    async def _report_failures(self, result: PassResult) -> None:
+        """One Warning per object that starts failing (not one per retry)."""
+        now = {(f.action.kind, f.action.name, f.error) for f in result.failures}
+        for kind, name, error in sorted(now - self._failing):
+            await self.publisher.emit("ApplyFailed", error, type="Warning",
+                                      revision=result.revision, obj=f"{kind}/{self._ns()}/{name}")
+            self._spawn(self._kube_event("Warning", "ApplyFailed", f"{kind}/{name}: {error}"))
+        if result.error is None or result.failures:
+            self._failing = now
+
+    async def _report_notes(self, result: PassResult) -> None:
+        """Plan notes are conditions: an Event when one starts holding and when it clears."""
+        if result.error is not None and result.observed is None:
+            return  # nothing was planned: the notes still hold as far as we know
+        from agent.report.status import note_conditions
+
+        notes = note_conditions((n.reason, n.message) for n in result.notes)
+        for reason, message in notes.items():
+            if self.notes.get(reason) != message:
+                kind: EventType = "Normal" if reason.startswith("Waiting") else "Warning"
+                await self.publisher.emit(reason, message, type=kind, revision=result.revision)
+                self._spawn(self._kube_event(kind, reason, message))
+        for reason in self.notes.keys() - notes.keys():
+            message = f"{reason} no longer holds"
+            await self.publisher.emit("ConditionCleared", message, revision=result.revision)
+            self._spawn(self._kube_event("Normal", "ConditionCleared", message))
+        self.notes = notes
 
     def _ns(self) -> str:
         spec = self.intake.desired
@@ -154,7 +201,7 @@ class Agent:
             rejected_revision=rej.revision if rej else None,
             rejection=f"{rej.reason}: {rej.message}" if rej else None,
             connected=self.intake.watcher.connected, agent_version=self.version,
-            now=datetime.now(UTC), previous=self.last_status)
+            now=datetime.now(UTC), previous=self.last_status, notes=self.notes.items())
         unchanged = self.last_status is not None and status.model_copy(
             update={"reported_at": self.last_status.reported_at}) == self.last_status
         due = loop.time() - self._last_status_at >= self.settings.status_interval_seconds
@@ -208,16 +255,32 @@ class Agent:
 
     # -- life cycle ------------------------------------------------------------------------
     def _readiness(self) -> tuple[bool, str]:
-        if self.stopping:
+        if self.stopping or (self._stop is not None and self._stop.is_set()):
             return False, "shutting down"
         if not self.ready:
             return False, "starting"
         return True, "ok"
 
     def _liveness(self) -> tuple[bool, str]:
-        return True, "ok"
+        return self.supervisor.liveness()
+
+    def _supervise(self) -> None:
+        sup, c = self.supervisor, self.controller
+        live = self.settings.liveness_seconds
+        sup.add("spec-watcher", self.intake.watcher.run)
+        sup.add("publisher", self.publisher.run)
+        sup.add("nats-state", self._watch_connection)
+        sup.add("status-timer", self._status_timer)
+        if self.elector is not None:
+            sup.add("leader-election", self.elector.run)
+        sup.add("reconcile-worker", lambda: c.worker(sup.heartbeat("reconcile-worker")),
+                liveness=live)
+        sup.add("reconcile-resync", c.resync_loop)
+        sup.add("informers", lambda: c.informers_loop(sup.heartbeat("informers")),
+                liveness=live)
 
     async def run(self, stop: asyncio.Event) -> int:
+        self._stop = stop  # not ready from the moment a stop is asked for
         runner = web.AppRunner(make_app(self.metrics, self._readiness, self._liveness),
                                access_log=None)
         await runner.setup()
@@ -226,20 +289,28 @@ class Agent:
         sockets = getattr(site._server, "sockets", None)
         if sockets:
             self.http_port = int(sockets[0].getsockname()[1])
-        background: list[asyncio.Task[Any]] = []
+        supervised: asyncio.Task[None] | None = None
+        code = 0
         try:
-            await self.intake.start()
-            loop = asyncio.get_running_loop()
-            background.append(loop.create_task(self.publisher.run(), name="publisher"))
-            background.append(loop.create_task(self._watch_connection(), name="nats-state"))
-            background.append(loop.create_task(self._status_timer(), name="status-timer"))
-            if self.elector is not None:
-                background.append(loop.create_task(self.elector.run(), name="leader-election"))
-            controller = loop.create_task(self.controller.run(), name="controller")
+            await self.intake.start(watch=False)
+            desired = self.intake.desired
+            applied = await asyncio.to_thread(self.intake.cache.load_applied)
+            if desired is not None and applied <= desired.revision:
+                self.applied_revision = applied
+                self.metrics.revision_applied.set(applied)
+            self._supervise()
+            supervised = asyncio.get_running_loop().create_task(self.supervisor.run(),
+                                                                name="supervisor")
+            await self._report(force=True)  # the applied revision is known before any pass
             self.ready = True
             log.info("agent %s started for cluster %s", self.version,
                      self.settings.cluster_name)
-            await stop.wait()
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({stopped, supervised}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if supervised.done() and isinstance(supervised.exception(), SupervisorFailed):
+                log.critical("stopping: %s", supervised.exception())
+                code = 1
             log.info("shutting down")
             self.stopping = True
             await self.intake.stop()
@@ -247,23 +318,22 @@ class Agent:
             if not finished:
                 log.warning("a reconcile pass was still running after the grace period; the "
                             "next start repairs whatever it left undone")
-            controller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await controller
+            late = await self.supervisor.stop(timeout=2.0)
+            if late:
+                # Bounded: a NATS client stuck reconnecting may take its time to notice.
+                log.warning("%d task(s) did not stop in time: %s", len(late), ", ".join(late))
             if self.elector is not None:
                 await self.elector.release()
             await self._report(force=True)
-            return 0
+            return code
         finally:
-            tasks = [*background, *self._tasks]
+            if supervised is not None and not supervised.done():
+                await self.supervisor.stop(timeout=2.0)
+            tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
             if tasks:
-                # Bounded: a NATS client stuck reconnecting may take its time to notice.
-                _, late = await asyncio.wait(tasks, timeout=2.0)
-                if late:
-                    log.warning("%d background task(s) did not stop in time: %s", len(late),
-                                ", ".join(t.get_name() for t in late))
+                await asyncio.wait(tasks, timeout=2.0)
             self.outbox.close()
             await runner.cleanup()
 

@@ -27,6 +27,10 @@ class Metrics:
             registry=r)
         for result in ("converged", "progressing", "error"):
             self.reconciles.labels(result=result)
+        self.reconcile_crashes = Counter(
+            "outpost_agent_reconcile_crashes_total",
+            "Passes that raised an unexpected exception (caught, requeued with backoff).",
+            registry=r)
         self.reconcile_duration = Histogram(
             "outpost_agent_reconcile_duration_seconds", "Duration of reconcile passes.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)

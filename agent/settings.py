@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     max_spec_bytes: int = Field(default=256 * 1024, ge=1024)
     retry_max_seconds: float = Field(
         default=30.0, gt=0, description="longest wait between NATS reconnect/publish attempts")
+    liveness_seconds: float = Field(
+        default=120.0, gt=0,
+        description="/healthz fails when the reconcile worker or the informers make no "
+                    "progress for this long (a stuck pass or a dead watch)")
     log_level: str = "INFO"
 
     @field_validator("nats_servers", "public_keys", mode="before")

@@ -28,13 +28,14 @@ from agent.spec import ClusterSpec
 
 from .verify import DEFAULT_MAX_BYTES, Rejected, check_candidate
 
-__all__ = ["CURRENT", "FORMAT", "PREVIOUS", "CachedSpec", "SpecCache"]
+__all__ = ["APPLIED", "CURRENT", "FORMAT", "PREVIOUS", "CachedSpec", "SpecCache"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 CURRENT = "spec.json"
 PREVIOUS = "spec.prev.json"
+APPLIED = "applied.json"
 _TMP_PREFIX = ".spec-"
 _TMP_SUFFIX = ".tmp"
 
@@ -102,6 +103,43 @@ class SpecCache:
     async def save_async(self, raw_envelope: bytes, spec: ClusterSpec) -> None:
         """save() off the event loop: fsync can take long on a slow or busy disk."""
         await asyncio.to_thread(self.save, raw_envelope, spec)
+
+    def save_applied(self, revision: int) -> None:
+        """Persist the revision the cluster last converged to, so a restarted agent reports it
+        before its first pass instead of 0 (the fleet view would show it out of sync).
+        Same crash-safe write as the spec; raises OSError if the disk refuses."""
+        body = {"format": FORMAT, "cluster": self._cluster, "revision": revision,
+                "appliedAt": datetime.now(UTC).isoformat()}
+        document = json.dumps({**body, "sha256": _digest(body)}).encode()
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = self._write_temp(document)
+            try:
+                tmp.replace(self.directory / APPLIED)
+                _fsync_dir(self.directory)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    async def save_applied_async(self, revision: int) -> None:
+        await asyncio.to_thread(self.save_applied, revision)
+
+    def load_applied(self) -> int:
+        """The persisted applied revision, 0 if none or unreadable (logged). Never raises."""
+        path = self.directory / APPLIED
+        try:
+            doc = json.loads(path.read_bytes())
+            body = {k: doc[k] for k in ("format", "cluster", "revision", "appliedAt")}
+            if doc.get("sha256") != _digest(body):
+                raise ValueError("checksum mismatch")
+            if body["cluster"] != self._cluster or not isinstance(body["revision"], int):
+                raise ValueError(f"written for cluster {body['cluster']!r}")
+            return max(0, body["revision"])
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring %s (%s): the applied revision is known again after the next "
+                        "converged pass", path, e)
+            return 0
 
     def _write_temp(self, data: bytes) -> Path:
         fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=self.directory)
@@ -191,6 +229,10 @@ class SpecCache:
         except Rejected as e:
             raise _Unusable(f"no longer passes verification ({e.reason}): {e.message}") from e
         return spec, raw
+
+
+def _digest(body: Mapping[str, object]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:

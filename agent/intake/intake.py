@@ -61,8 +61,9 @@ class Intake:
         self._task: asyncio.Task[None] | None = None
         self._retry: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Publish the cached spec (if any), then start watching NATS in the background."""
+    async def start(self, *, watch: bool = True) -> None:
+        """Publish the cached spec (if any), then start watching NATS in the background (or
+        not, with `watch=False`: the caller then supervises `watcher.run()` itself)."""
         cached = await asyncio.to_thread(self.cache.load)
         if cached is not None:
             log.info("enforcing cached spec revision %d (%s copy) until NATS says otherwise",
@@ -71,7 +72,8 @@ class Intake:
         elif self.cache.last_problem:
             log.error("no usable cached spec (%s); waiting for one from NATS",
                       self.cache.last_problem)
-        self._task = asyncio.create_task(self.watcher.run(), name="spec-watcher")
+        if watch:
+            self._task = asyncio.create_task(self.watcher.run(), name="spec-watcher")
 
     async def stop(self) -> None:
         if self._retry is not None:

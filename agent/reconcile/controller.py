@@ -1,8 +1,13 @@
 """The topology controller: triggers feed a work queue; each pass observes, plans, executes.
 
-Three triggers only ever enqueue the one key: a new desired spec, a watch event on the objects the
+Three triggers only ever enqueue a key: a new desired spec, a watch event on the objects the
 agent owns (so drift made by hand is corrected within moments), and a periodic resync (so
 anything a missed event hid is corrected anyway). Only the elected leader runs passes.
+
+Per-key error isolation, as controller-runtime does it: whatever a pass raises (an API error, a
+bug, an object nobody expected) is caught, logged with its traceback, counted, reported as a
+condition, and the key is requeued with backoff; the worker and every other key go on. The
+three loops are separate coroutines that the daemon's supervisor owns and restarts.
 """
 
 from __future__ import annotations
@@ -11,17 +16,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agent.kube.errors import KubeError
 from agent.kube.types import KubeClient
 from agent.plan import Action, Note, Observed, plan_topology
+from agent.plan.upgrade import rollout_settled
 from agent.runtime.queue import ShutDown, WorkQueue
 from agent.spec import ClusterSpec, capi
 
-from .execute import execute
+from .execute import Failure, execute
 from .observe import Caches, observe
 
 log = logging.getLogger(__name__)
@@ -35,9 +41,14 @@ class PassResult:
     done: tuple[Action, ...] = ()
     notes: tuple[Note, ...] = ()
     error: str | None = None
+    failures: tuple[Failure, ...] = ()
     duration: float = 0.0
     converged: bool = False  # nothing left to do for this revision
+    crashed: bool = False  # the pass raised something unexpected (a bug or a malformed object)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+Beat = Callable[[], None]
 
 
 class TopologyController:
@@ -45,7 +56,7 @@ class TopologyController:
                  on_pass: Callable[[PassResult], Awaitable[None]] | None = None,
                  is_leader: Callable[[], bool] = lambda: True,
                  resync: float = 30.0, watch_timeout: int = 300,
-                 queue: WorkQueue | None = None) -> None:
+                 queue: WorkQueue | None = None, idle_beat: float = 5.0) -> None:
         self.kube = kube
         self.desired = desired
         self.on_pass = on_pass
@@ -53,8 +64,10 @@ class TopologyController:
         self.resync = resync
         self.watch_timeout = watch_timeout
         self.queue = queue or WorkQueue()
+        self.idle_beat = idle_beat
         self.in_flight = 0
         self.passes = 0
+        self.crashes = 0
         self.caches: Caches | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -65,11 +78,11 @@ class TopologyController:
         self.queue.add(KEY)
 
     async def run(self) -> None:
-        """Until cancelled: one worker, the resync timer and the informers (watch triggers)."""
+        """All three loops in one task group (for embedding without a supervisor)."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._worker(), name="reconcile-worker")
-            tg.create_task(self._resync_loop(), name="reconcile-resync")
-            tg.create_task(self._informers_loop(), name="informers")
+            tg.create_task(self.worker(), name="reconcile-worker")
+            tg.create_task(self.resync_loop(), name="reconcile-resync")
+            tg.create_task(self.informers_loop(), name="informers")
 
     async def drain(self, grace: float) -> bool:
         """Stop taking work; wait up to `grace` for the pass in flight. True if it finished."""
@@ -80,39 +93,50 @@ class TopologyController:
         except TimeoutError:
             return False
 
-    async def _resync_loop(self) -> None:
+    async def resync_loop(self) -> None:
         while True:
             self.trigger()
             await asyncio.sleep(self.resync)
 
-    async def _informers_loop(self) -> None:
+    async def informers_loop(self, beat: Beat = lambda: None) -> None:
         """Keep informers for the desired spec's namespace and provider (restarted if they
         change, which a spec may do only by mistake, but must not break the agent)."""
         while True:
+            beat()
             spec = self.desired()
             if spec is None:
                 await asyncio.sleep(0.5)
                 continue
-            caches = Caches(self.kube, spec, self.trigger)
+            caches = Caches(self.kube, spec, self.trigger, watch_timeout=self.watch_timeout)
             self.caches = caches
             task = asyncio.create_task(caches.run(), name="informers-run")
             try:
-                while True:
-                    await asyncio.sleep(1.0)
+                while not task.done():
+                    await asyncio.wait({task}, timeout=1.0)
+                    stalled = caches.stalled()
+                    if stalled:
+                        log.warning("informers made no progress: %s", ", ".join(stalled))
+                    else:
+                        beat()
                     spec = self.desired()
                     if spec is not None and (spec.namespace,
                                              spec.infrastructure.provider) != caches.key:
                         break
+                if task.done():
+                    task.result()  # an informer died: raise, so the supervisor restarts us
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 self.caches = None
 
-    async def _worker(self) -> None:
+    async def worker(self, beat: Beat = lambda: None) -> None:
+        """Take keys until the queue shuts down. Beats while waiting for work and after each
+        pass, so a pass stuck for longer than the liveness window fails /healthz."""
         while True:
+            beat()
             try:
-                key = await self.queue.get()
+                key = await self._next(beat)
             except ShutDown:
                 return
             if not self.is_leader():
@@ -121,22 +145,46 @@ class TopologyController:
             self._idle.clear()
             self.in_flight += 1
             try:
-                result = await self.reconcile_once()
+                result = await self.reconcile(key)
             finally:
                 self.in_flight -= 1
                 self._idle.set()
                 self.queue.done(key)
+            beat()
             if result.error is not None:
                 delay = self.queue.retry(key)
-                log.warning("reconcile failed (retry in %.2fs): %s", delay, result.error)
+                log.warning("reconcile of %s failed (retry in %.2fs): %s", key, delay,
+                            result.error, extra={"key": str(key), "revision": result.revision})
             else:
                 self.queue.forget(key)
                 if not result.converged:
                     # Machines take time: look again soon rather than waiting for the resync.
                     self.queue.add_after(key, min(self.resync, 2.0))
             if self.on_pass is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await self.on_pass(result)
+                except Exception:
+                    log.exception("reporting the outcome of a pass failed")
+
+    async def _next(self, beat: Beat) -> Hashable:
+        while True:
+            try:
+                return await asyncio.wait_for(self.queue.get(), self.idle_beat)
+            except TimeoutError:
+                beat()
+
+    async def reconcile(self, key: Hashable) -> PassResult:
+        """One pass for `key`; never raises (but for cancellation)."""
+        started = time.perf_counter()
+        try:
+            return await self.reconcile_once()
+        except Exception as e:
+            self.crashes += 1
+            log.exception("reconcile of %s raised; requeued with backoff", key)
+            spec = self.desired()
+            return PassResult(spec.revision if spec else 0, None,
+                              error=f"unexpected {type(e).__name__}: {e}", crashed=True,
+                              duration=time.perf_counter() - started)
 
     async def reconcile_once(self) -> PassResult:
         self.passes += 1
@@ -144,34 +192,36 @@ class TopologyController:
         if spec is None:
             return PassResult(0, None, converged=True)
         start = time.perf_counter()
-        observed: Observed | None = None
-        done: list[Action] = []
+        caches = self.caches
         try:
-            caches = self.caches
             if caches is not None and caches.synced and caches.key == (
                     spec.namespace, spec.infrastructure.provider):
                 observed = caches.observe(spec)
             else:
                 observed = await observe(self.kube, spec)
                 caches = None
-            plan = plan_topology(spec, observed)
-            done = await execute(self.kube, plan, written=caches.write_through
-                                 if caches is not None else None)
-            for action in done:
-                log.info("%s", action.reason, extra={"kind": action.kind, "object": action.name,
-                                                     "revision": spec.revision})
-            converged = plan.empty and not plan.notes and _all_ready(spec, observed)
-            return PassResult(spec.revision, observed, tuple(done), plan.notes,
-                              duration=time.perf_counter() - start, converged=converged)
         except KubeError as e:
-            return PassResult(spec.revision, observed, tuple(done), error=str(e),
+            return PassResult(spec.revision, None, error=str(e),
                               duration=time.perf_counter() - start)
+        plan = plan_topology(spec, observed)
+        outcome = await execute(self.kube, plan, may_write=self.is_leader,
+                                written=caches.write_through if caches is not None else None)
+        for action in outcome.done:
+            log.info("%s", action.reason, extra={"kind": action.kind, "object": action.name,
+                                                 "revision": spec.revision})
+        for failure in outcome.failed:
+            log.warning("%s %s/%s failed: %s", type(failure.action).__name__.lower(),
+                        failure.action.kind, failure.action.name, failure.error,
+                        extra={"revision": spec.revision, "permanent": failure.permanent})
+        converged = (plan.empty and not plan.notes and outcome.error is None
+                     and _all_ready(spec, observed))
+        return PassResult(spec.revision, observed, tuple(outcome.done), plan.notes,
+                          error=outcome.error, failures=tuple(outcome.failed),
+                          duration=time.perf_counter() - start, converged=converged)
 
 
 def _all_ready(spec: ClusterSpec, observed: Observed) -> bool:
     """Converged means the machines are there, not only that the objects say so."""
-    from agent.plan.upgrade import rollout_settled
-
     if observed.kcp is None or not rollout_settled(observed.kcp):
         return False
     for pool in spec.workers:

@@ -22,23 +22,22 @@ class Caches:
     """The informers a topology pass reads from, for one cluster namespace and provider."""
 
     def __init__(self, kube: KubeClient, spec: ClusterSpec,
-                 on_change: Callable[[str], None]) -> None:
+                 on_change: Callable[[str], None], *, watch_timeout: int = 300) -> None:
         ns = spec.namespace
         by_cluster = f"{capi.CAPI_CLUSTER_LABEL}={spec.cluster_name}"
         ours = f"{capi.LABEL_CLUSTER}={spec.cluster_name}"
         self.key = (ns, spec.infrastructure.provider)
-        self.cluster = Informer(kube, r.CLUSTER, ns, on_change=on_change)
-        self.kcp = Informer(kube, r.KUBEADM_CONTROL_PLANE, ns, on_change=on_change)
-        self.mds = Informer(kube, r.MACHINE_DEPLOYMENT, ns, label_selector=by_cluster,
-                            on_change=on_change)
-        self.mss = Informer(kube, r.MACHINE_SET, ns, label_selector=by_cluster,
-                            on_change=on_change)
-        self.infra = Informer(kube, _infra_resource(spec), ns, label_selector=ours,
-                              on_change=on_change)
-        self.boot = Informer(kube, r.KUBEADM_CONFIG_TEMPLATE, ns, label_selector=ours,
-                             on_change=on_change)
-        self.machines = Informer(kube, r.MACHINE, ns, label_selector=by_cluster,
-                                 on_change=on_change)
+        def informer(res: Resource, selector: str | None = None) -> Informer:
+            return Informer(kube, res, ns, label_selector=selector, on_change=on_change,
+                            watch_timeout=watch_timeout)
+
+        self.cluster = informer(r.CLUSTER)
+        self.kcp = informer(r.KUBEADM_CONTROL_PLANE)
+        self.mds = informer(r.MACHINE_DEPLOYMENT, by_cluster)
+        self.mss = informer(r.MACHINE_SET, by_cluster)
+        self.infra = informer(_infra_resource(spec), ours)
+        self.boot = informer(r.KUBEADM_CONFIG_TEMPLATE, ours)
+        self.machines = informer(r.MACHINE, by_cluster)
         self.all = (self.cluster, self.kcp, self.mds, self.mss, self.infra, self.boot,
                     self.machines)
         self.by_kind = {i.res.kind: i for i in self.all}
@@ -51,6 +50,10 @@ class Caches:
             informer.forget(action.name)
         else:
             informer.store(result)
+
+    def stalled(self) -> list[str]:
+        """Informers whose watch has shown no sign of life for two watch periods."""
+        return [i.res.plural for i in self.all if i.stalled(2.0 * i.watch_timeout + 30.0)]
 
     @property
     def synced(self) -> bool:

@@ -32,6 +32,7 @@ __all__ = [
     "MAX_MESSAGE_CHARS",
     "POOL_LABEL",
     "compute_status",
+    "note_conditions",
 ]
 
 POOL_LABEL: Final = "outpost.io/pool"
@@ -190,6 +191,17 @@ def _workers(cluster: str, spec: ClusterSpec | None,
     return tuple(pools), _Verdict("True", "Ready", f"{len(pools)} pool(s) ready")
 
 
+def note_conditions(notes: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Plan notes grouped by reason (the condition type), messages joined, in first-seen
+    order: two pools waiting for the same reason make one condition naming both."""
+    grouped: dict[str, list[str]] = {}
+    for reason, message in notes:
+        messages = grouped.setdefault(reason, [])
+        if message not in messages:
+            messages.append(message)
+    return {reason: "; ".join(messages) for reason, messages in grouped.items()}
+
+
 def compute_status(
     cluster: str,
     spec: ClusterSpec | None,
@@ -205,6 +217,7 @@ def compute_status(
     agent_version: str,
     now: datetime,
     previous: StatusReport | None = None,
+    notes: Iterable[tuple[str, str]] = (),
 ) -> StatusReport:
     """The report for ``cluster`` (see the module doc for the phases).
 
@@ -214,6 +227,8 @@ def compute_status(
     while nothing newer has been received. ``control_plane`` is the KubeadmControlPlane and
     ``machine_deployments`` the cluster's MachineDeployments, as plain API dicts. A
     condition keeps ``previous``'s ``lastTransitionTime`` while its status is unchanged.
+    ``notes`` are the last pass's plan notes (reason, message): each reason becomes a condition
+    of that type, status True, for as long as the planner keeps noting it, and is gone after.
     """
     observed = max(observed_revision, spec.revision if spec else 0, rejected_revision or 0)
     rejected_newest = rejected_revision is not None and rejected_revision >= observed
@@ -263,6 +278,8 @@ def compute_status(
 
     verdicts = dict(zip(CONDITION_TYPES, (ready, accepted, applied, cp, wk, reconciled, link),
                         strict=True))
+    for reason, messages in note_conditions(notes).items():
+        verdicts.setdefault(reason, _Verdict("True", reason, messages))
     before = {c.type: c for c in previous.conditions} if previous else {}
     conditions = []
     for ctype, v in verdicts.items():

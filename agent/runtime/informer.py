@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import time
 from collections.abc import Callable
 
 from agent.kube.errors import Gone, KubeError
 from agent.kube.types import KubeClient, Obj, Resource
+
+from .backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,15 @@ class Informer:
         self.label_selector = label_selector
         self.on_change = on_change
         self.watch_timeout = watch_timeout
+        #: Monotonic time of the last list, event or watch renewal: a stuck watch stops it.
+        self.progress = time.monotonic()
         self.items: dict[str, Obj] = {}
         self.synced = asyncio.Event()
+
+    def stalled(self, limit: float) -> bool:
+        """True when nothing came from the API for longer than `limit` seconds (a healthy watch
+        is renewed every `watch_timeout` at the latest)."""
+        return time.monotonic() - self.progress > limit
 
     def get(self, name: str) -> Obj | None:
         return self.items.get(name)
@@ -52,35 +61,53 @@ class Informer:
         self.items.pop(name, None)
 
     async def run(self) -> None:
-        backoff = 0.2
+        """List, then watch from the list's resourceVersion, forever. Any failure (an API
+        error, a malformed event) relists after a backoff; a 410 relists at once."""
+        backoff = Backoff(0.2, 30.0)
         while True:
             try:
-                listed = await self.kube.list(self.res, self.namespace,
-                                              label_selector=self.label_selector)
-                self.items = {o["metadata"]["name"]: o for o in listed.items}
-                self.synced.set()
-                backoff = 0.2
-                self.on_change(f"listed {self.res.kind}")
-                rv = listed.resource_version
-                while True:
-                    async for ev in self.kube.watch(
-                            self.res, self.namespace, label_selector=self.label_selector,
-                            resource_version=rv, timeout_seconds=self.watch_timeout):
-                        rv = ev.resource_version or rv
-                        if ev.type == "BOOKMARK":
-                            continue
-                        name = ev.object["metadata"]["name"]
-                        if ev.type == "DELETED":
-                            self.items.pop(name, None)
-                        else:
-                            self.items[name] = ev.object
-                        self.on_change(f"{ev.type} {self.res.kind}/{name}")
-                    # The server ended the watch (timeout): resume where we were.
+                await self._list_and_watch(backoff)
             except Gone:
                 log.debug("%s watch expired; relisting", self.res.plural)
-            except KubeError as e:
+            except Exception as e:
                 self.synced.clear()  # until relisted, passes read from the API directly
-                log.warning("watch on %s failed, relisting in %.1fs: %s", self.res.plural,
-                            backoff, e)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, 30.0)
+                delay = backoff.next()
+                if isinstance(e, KubeError):
+                    log.warning("watch on %s failed, relisting in %.1fs: %s", self.res.plural,
+                                delay, e)
+                else:
+                    log.error("informer for %s failed, relisting in %.1fs", self.res.plural,
+                              delay, exc_info=e)
+                await asyncio.sleep(delay)
+
+    async def _list_and_watch(self, backoff: Backoff) -> None:
+        listed = await self.kube.list(self.res, self.namespace,
+                                      label_selector=self.label_selector)
+        self.items = {o["metadata"]["name"]: o for o in listed.items}
+        self.synced.set()
+        self.progress = time.monotonic()
+        backoff.reset()
+        self._changed(f"listed {self.res.kind}")
+        rv = listed.resource_version
+        while True:
+            async for ev in self.kube.watch(
+                    self.res, self.namespace, label_selector=self.label_selector,
+                    resource_version=rv, timeout_seconds=self.watch_timeout):
+                self.progress = time.monotonic()
+                rv = ev.resource_version or rv
+                if ev.type == "BOOKMARK":
+                    continue
+                name = ev.object["metadata"]["name"]
+                if ev.type == "DELETED":
+                    self.items.pop(name, None)
+                else:
+                    self.items[name] = ev.object
+                self._changed(f"{ev.type} {self.res.kind}/{name}")
+            # The server ended the watch (timeout): resume where we were.
+            self.progress = time.monotonic()
+
+    def _changed(self, why: str) -> None:
+        try:
+            self.on_change(why)
+        except Exception:
+            log.exception("the change handler of the %s informer failed", self.res.plural)
