@@ -69,6 +69,7 @@ class TopologyController:
         self.passes = 0
         self.crashes = 0
         self.caches: Caches | None = None
+        self._revision = 0  # of the pass in flight, for a pass that raises
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -181,8 +182,7 @@ class TopologyController:
         except Exception as e:
             self.crashes += 1
             log.exception("reconcile of %s raised; requeued with backoff", key)
-            spec = self.desired()
-            return PassResult(spec.revision if spec else 0, None,
+            return PassResult(self._revision, None,
                               error=f"unexpected {type(e).__name__}: {e}", crashed=True,
                               duration=time.perf_counter() - started)
 
@@ -191,6 +191,7 @@ class TopologyController:
         spec = self.desired()
         if spec is None:
             return PassResult(0, None, converged=True)
+        self._revision = spec.revision
         start = time.perf_counter()
         caches = self.caches
         try:
