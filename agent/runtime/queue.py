@@ -2,8 +2,8 @@
 
 Triggers only add keys. A key is queued at most once however often it is added; a key being
 worked on is never handed to a second worker, and if it is added meanwhile it runs once more
-afterwards (it is "dirty"). Failures are retried with exponential backoff and full jitter, so a
-fleet of agents hitting the same broken API do not retry in lockstep.
+afterwards (it is "dirty"). Failures are retried with the runtime's one backoff (exponential,
+jittered), so a fleet of agents hitting the same broken API do not retry in lockstep.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import asyncio
 import random
 from collections import deque
 from collections.abc import Hashable
+
+from .backoff import delay as backoff_delay
 
 
 class ShutDown(Exception):
@@ -66,11 +68,10 @@ class WorkQueue:
         self.add(key)
 
     def retry(self, key: Hashable) -> float:
-        """Re-add after a failure; returns the delay chosen (full jitter on an exponential cap)."""
+        """Re-add after a failure; returns the delay chosen (grows with the key's failures)."""
         n = self._failures.get(key, 0)
         self._failures[key] = n + 1
-        cap = min(self._max, self._base * (2 ** n))
-        delay = self._rng.uniform(cap / 2, cap)
+        delay = backoff_delay(n, self._base, self._max, self._rng)
         self.add_after(key, delay)
         return delay
 
