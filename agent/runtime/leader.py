@@ -124,10 +124,11 @@ class LeaderElector:
         self._leader = False
         self._stopped = False
         self._lock = asyncio.Lock()
-        #: The last lease record seen, its resourceVersion, and when it was last seen to change.
+        #: The last lease record seen, when it was last seen to change, and the whole object
+        #: (its resourceVersion guards our next write; its other fields are kept as they are).
         self._observed: LeaseRecord | None = None
-        self._observed_rv = ""
         self._observed_at = 0.0
+        self._lease: Obj | None = None
         #: Start of our last successful write as holder: the base of our leadership.
         self._renewed_at: float | None = None
 
@@ -170,19 +171,24 @@ class LeaderElector:
             if self.on_change is not None:
                 self.on_change(leader)
 
-    def _observe(self, rec: LeaseRecord, rv: str, seen: float) -> None:
+    def _observe(self, lease: Obj, seen: float) -> LeaseRecord:
+        rec = LeaseRecord.of(lease)
         if rec != self._observed:
             self._observed = rec
             self._observed_at = seen
-        self._observed_rv = rv
+        self._lease = lease
+        return rec
 
     # -- protocol --------------------------------------------------------------------------
-    def _body(self, rec: LeaseRecord, rv: str | None) -> Obj:
-        meta: Obj = {"name": self.name, "namespace": self.namespace}
-        if rv:
-            meta["resourceVersion"] = rv
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
-                "spec": rec.spec()}
+    def _body(self, rec: LeaseRecord, base: Obj | None) -> Obj:
+        """The lease to write: `base` (as last read, resourceVersion included) with our record
+        in its spec, so labels, annotations and unknown fields survive; or a new one."""
+        if base is None:
+            return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "spec": rec.spec()}
+        return {**base, "metadata": dict(base.get("metadata") or {}),
+                "spec": {**(base.get("spec") or {}), **rec.spec()}}
 
     def _ours(self, previous: LeaseRecord | None) -> LeaseRecord:
         """Our record for a write: a renewal keeps acquireTime and the transition count."""
@@ -194,19 +200,19 @@ class LeaderElector:
         transitions = previous.transitions + 1 if previous is not None else 0
         return LeaseRecord(self.identity, duration, now, now, transitions)
 
-    async def _write(self, rec: LeaseRecord, rv: str | None) -> bool:
-        """Create (no `rv`) or replace the lease with our record; True when it landed."""
+    async def _write(self, rec: LeaseRecord, base: Obj | None) -> bool:
+        """Create (no `base`) or replace the lease with our record; True when leading."""
         started = self.monotonic()
-        if rv is None:
+        if base is None:
             stored = await self.kube.create(r.LEASE, self._body(rec, None))
         else:
-            stored = await self.kube.replace(r.LEASE, self._body(rec, rv),
+            stored = await self.kube.replace(r.LEASE, self._body(rec, base),
                                              field_manager=FIELD_MANAGER)
         # Leadership counts from before the request: no one can have seen it earlier.
         self._renewed_at = started
         self._observed = rec
         self._observed_at = started
-        self._observed_rv = str((stored.get("metadata") or {}).get("resourceVersion") or "")
+        self._lease = stored
         self._set(self._valid(self.monotonic()) and not self._stopped)
         return self._leader
 
@@ -218,11 +224,11 @@ class LeaderElector:
             if self._stopped:
                 return False
             rec = self._observed
-            if rec is not None and rec.holder == self.identity and self._observed_rv:
+            if rec is not None and rec.holder == self.identity and self._lease is not None:
                 # Still ours as far as we know: renew without a read; a Conflict means someone
                 # touched the lease, so look at it.
                 with contextlib.suppress(Conflict):
-                    return await self._write(self._ours(rec), self._observed_rv)
+                    return await self._write(self._ours(rec), self._lease)
             try:
                 lease = await self.kube.get(r.LEASE, self.name, self.namespace)
             except NotFound:
@@ -231,8 +237,7 @@ class LeaderElector:
                 except (AlreadyExists, Conflict):
                     return self.is_leader
             seen = self.monotonic()
-            rec = LeaseRecord.of(lease)
-            self._observe(rec, str(lease["metadata"].get("resourceVersion") or ""), seen)
+            rec = self._observe(lease, seen)
             if rec.holder and rec.holder != self.identity:
                 duration = rec.lease_duration if rec.lease_duration > 0 else self.lease_duration
                 if seen - self._observed_at <= duration:
@@ -240,7 +245,7 @@ class LeaderElector:
                     self._set(False)  # someone else holds it: we cannot be leading
                     return False
             try:
-                return await self._write(self._ours(rec), self._observed_rv)
+                return await self._write(self._ours(rec), lease)
             except Conflict:
                 return self.is_leader  # someone moved first; our own deadline still applies
 
@@ -287,8 +292,6 @@ class LeaderElector:
                 now = _fmt(self.wall_clock())
                 free = replace(rec, holder="", lease_duration=1, acquire_time=now,
                                renew_time=now)
-                rv = str(lease["metadata"].get("resourceVersion") or "")
-                stored = await self.kube.replace(r.LEASE, self._body(free, rv),
-                                                 field_manager=FIELD_MANAGER)
+                self._lease = await self.kube.replace(r.LEASE, self._body(free, lease),
+                                                      field_manager=FIELD_MANAGER)
                 self._observed = free
-                self._observed_rv = str(stored["metadata"].get("resourceVersion") or "")

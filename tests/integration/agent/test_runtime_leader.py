@@ -229,7 +229,7 @@ async def test_a_lease_expires_by_our_own_time_since_we_saw_it_change(
         kcs: tuple[ApiKubeClient, ApiKubeClient], renew_time: str, duration: int) -> None:
     ghost_kube, kube = kcs
     await ghost_kube.create(LEASE, {
-        "metadata": {"name": LEASE_NAME, "namespace": NS},
+        "metadata": {"name": LEASE_NAME, "namespace": NS, "labels": {"team": "edge"}},
         "spec": {"holderIdentity": "ghost", "leaseDurationSeconds": duration,
                  "acquireTime": renew_time, "renewTime": renew_time, "leaseTransitions": 4}})
     world = World()
@@ -249,6 +249,10 @@ async def test_a_lease_expires_by_our_own_time_since_we_saw_it_change(
     spec = await lease_spec(kube)
     assert (spec["holderIdentity"], spec["leaseTransitions"]) == ("agent-b", 5)
     assert spec["leaseDurationSeconds"] == 15
+    world.advance(2.0)
+    assert await b.try_acquire_or_renew()
+    lease = await kube.get(LEASE, LEASE_NAME, NS)
+    assert lease["metadata"]["labels"] == {"team": "edge"}  # kept through takeover and renewal
 
 
 async def test_hung_renewal_is_abandoned_and_run_steps_down_at_the_deadline(
