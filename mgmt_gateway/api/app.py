@@ -30,8 +30,16 @@ from agent.spec.models import DNS_LABEL
 
 from ..publish import ObservedStatus
 from ..render.request import ClusterRequest, ClusterSpecUpdate
-from ..state import ClusterRecord, RecordStore, StepRecord, now
-from .models import ClusterDetail, ClusterList, ClusterSummary, Health, Operation, Step
+from ..state import ClusterRecord, RecordStore, StepRecord, Unreadable, UnreadableRecord, now
+from .models import (
+    UNREADABLE,
+    ClusterDetail,
+    ClusterList,
+    ClusterSummary,
+    Health,
+    Operation,
+    Step,
+)
 from .openapi import build_openapi
 from .problems import FieldError, Problem, field_errors, invalid
 
@@ -54,6 +62,8 @@ class ApiDeps:
     wake: Callable[[str], None]
     tokens: Collection[str]
     ready: Callable[[], bool] = lambda: True
+    live: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
+    """(alive, why) for /healthz: the supervisor's view of the gateway's background tasks."""
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     max_body_bytes: int = MIB
     stale_after: float = 90.0
@@ -123,6 +133,8 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     except Problem as p:
         return p.response(request.path)
+    except UnreadableRecord as e:
+        return _unreadable(e.problem).response(request.path)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -141,6 +153,14 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         log.exception("%s %s failed", request.method, request.path)
         return Problem(500, "internal-error", "the gateway failed unexpectedly; the error is "
                        "in its log").response(request.path)
+
+
+def _unreadable(u: Unreadable) -> Problem:
+    """A record that exists but cannot be read is the gateway's stored state gone bad, not a
+    fault of the request: 500, with a type of its own and the repair in the detail."""
+    return Problem(500, "record-unreadable", f"the record of cluster {u.name!r} cannot be "
+                   f"read, so the gateway skips this cluster: {u.describe()}. To fix it, "
+                   f"{u.remedy()}", title="The cluster's record cannot be read")
 
 
 def _from_http_error(request: web.Request, e: web.HTTPException) -> Problem:
@@ -294,7 +314,26 @@ def _summary_fields(deps: ApiDeps, rec: ClusterRecord, obs: ObservedStatus | Non
         "agent_phase": report.phase if report else None,
         "last_error": report.last_error if report else None,
         "failed_reason": rec.failed_reason,
+        "bootstrap_error": rec.last_error,
     }
+
+
+def _unreadable_summary(deps: ApiDeps, u: Unreadable, obs: ObservedStatus | None
+                        ) -> ClusterSummary:
+    """The fleet view's row for a record it cannot read: what is wrong, and whatever the
+    cluster's agent still reports under that name."""
+    report = obs.report if obs else None
+    fresh = obs is not None and (
+        deps.clock() - obs.last_seen).total_seconds() <= deps.stale_after
+    return ClusterSummary(
+        name=u.name, phase=UNREADABLE, in_sync=False,
+        connected=bool(report and report.connected and fresh),
+        applied_revision=report.applied_revision if report else None,
+        observed_revision=report.observed_revision if report else None,
+        last_seen=obs.last_seen if obs else None,
+        agent_phase=report.phase if report else None,
+        last_error=report.last_error if report else None,
+        unreadable_reason=f"{u.describe()}. To fix it, {u.remedy()}")
 
 
 def _step(s: StepRecord) -> Step:
@@ -318,8 +357,11 @@ async def create_cluster(request: web.Request) -> web.Response:
     try:
         saved = await deps.records.create(rec)
     except AlreadyExists:
-        existing = await deps.records.get(rec.name)
-        where = f" (phase {existing.phase})" if existing else ""
+        try:
+            existing = await deps.records.get(rec.name)
+            where = f" (phase {existing.phase})" if existing else ""
+        except UnreadableRecord as e:
+            where = f" (its record is unreadable: {e.problem.reason})"
         raise Problem(409, "already-exists", f"cluster {rec.name!r} already exists{where}; "
                       f"choose another name, or change it with PUT {_href(rec.name)}/spec"
                       ) from None
@@ -331,10 +373,12 @@ async def create_cluster(request: web.Request) -> web.Response:
 
 async def list_clusters(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    records = await deps.records.list()
+    scan = await deps.records.scan()
     statuses = deps.statuses()
     items = [ClusterSummary(**_summary_fields(deps, rec, statuses.get(rec.name)))
-             for rec in records]
+             for rec in scan.records]
+    items += [_unreadable_summary(deps, u, statuses.get(u.name)) for u in scan.unreadable]
+    items.sort(key=lambda s: s.name)
     return _json(ClusterList(items=items))
 
 
@@ -461,6 +505,10 @@ async def delete_cluster(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    alive, why = request.app[DEPS].live()
+    if not alive:
+        raise Problem(503, "not-alive", f"a background task of the gateway is stuck or down: "
+                      f"{why}; the process should be restarted")
     return _json(Health(status="ok"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -21,14 +22,26 @@ class Operation(Model):
     href: str = Field(description="where to follow the cluster")
 
 
+UNREADABLE: Literal["Unreadable"] = "Unreadable"
+
+
 class ClusterSummary(Model):
-    """One row of the fleet view: what the gateway wants and what the agent last said."""
+    """One row of the fleet view: what the gateway wants and what the agent last said.
+
+    A record the gateway cannot read is listed too, with phase `Unreadable` and
+    `unreadableReason`, and without the fields only its record could tell (namespace,
+    revisions): it is skipped until someone repairs or deletes it.
+    """
 
     name: str
-    namespace: str
-    phase: Phase
-    desired_revision: int = Field(description="revision of the newest desired spec")
-    published_revision: int = Field(description="newest revision published to the agent")
+    namespace: str | None = Field(
+        default=None, description="the cluster's namespace; unset when its record is unreadable")
+    phase: Phase | Literal["Unreadable"]
+    desired_revision: int | None = Field(
+        default=None, description="revision of the newest desired spec; unset when unreadable")
+    published_revision: int | None = Field(
+        default=None,
+        description="newest revision published to the agent; unset when unreadable")
     applied_revision: int | None = Field(
         default=None, description="revision the cluster has converged to (agent report)")
     observed_revision: int | None = Field(
@@ -40,8 +53,14 @@ class ClusterSummary(Model):
                                        description="when the agent's last report reached NATS")
     agent_phase: str | None = Field(default=None,
                                     description="Pending, Applying, Converged or Degraded")
-    last_error: str | None = None
+    last_error: str | None = Field(default=None, description="the agent's last error")
     failed_reason: str | None = None
+    bootstrap_error: str | None = Field(
+        default=None, description="why the gateway's last attempt at the current step failed; "
+                                  "it retries with backoff")
+    unreadable_reason: str | None = Field(
+        default=None, description="phase Unreadable: what is wrong with the record and how to "
+                                  "fix it; the gateway skips this cluster meanwhile")
 
 
 class ClusterList(Model):
@@ -58,6 +77,10 @@ class Step(Model):
 
 
 class ClusterDetail(ClusterSummary):
+    namespace: str
+    phase: Phase
+    desired_revision: int = Field(description="revision of the newest desired spec")
+    published_revision: int = Field(description="newest revision published to the agent")
     spec: ClusterSpec = Field(description="the newest desired spec")
     steps: list[Step]
     created_at: datetime

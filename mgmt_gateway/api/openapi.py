@@ -51,6 +51,9 @@ def build_openapi(request_model: type[BaseModel], update_model: type[BaseModel]
                    "415": problem("the body is not JSON (Content-Type)"),
                    "422": problem("the body is invalid or asks for a change that cannot "
                                   "apply; `errors` lists each field")}
+    unreadable = problem("the cluster's record cannot be read (type record-unreadable): the "
+                         "detail says why and how to repair it; the fleet view lists it as "
+                         "Unreadable")
     unprotected: list[dict[str, list[str]]] = []
     paths: dict[str, Any] = {
         "/v1/clusters": {
@@ -69,10 +72,12 @@ def build_openapi(request_model: type[BaseModel], update_model: type[BaseModel]
                     "responses": {"200": answer(ClusterDetail, "the cluster", headers={
                         "ETag": {"description": "the desired revision, for If-Match",
                                  "schema": {"type": "string"}}}),
-                        **auth, "404": problem("no such cluster")}},
+                        **auth, "404": problem("no such cluster"),
+                        "500": unreadable}},
             "delete": {"operationId": "deleteCluster", "summary": "mark a cluster Deleting",
                        "responses": {"202": accepted, **auth,
                                      "404": problem("no such cluster"),
+                                     "500": unreadable,
                                      "409": problem("the record kept changing; retry")}},
         },
         "/v1/clusters/{name}/spec": {
@@ -87,12 +92,15 @@ def build_openapi(request_model: type[BaseModel], update_model: type[BaseModel]
                                     "content": body(ref(update_model, "validation"))},
                     "responses": {"202": accepted, **auth, **body_errors,
                                   "404": problem("no such cluster"),
+                                  "500": unreadable,
                                   "409": problem("the cluster is Failed or Deleting"),
                                   "412": problem("If-Match does not match the revision")}},
         },
         "/healthz": {"get": {"operationId": "healthz", "summary": "the process is alive",
                              "security": unprotected,
-                             "responses": {"200": answer(Health, "alive")}}},
+                             "responses": {"200": answer(Health, "alive"),
+                                           "503": problem("a background task is stuck or "
+                                                          "keeps failing: restart")}}},
         "/readyz": {"get": {"operationId": "readyz", "summary": "ready to serve",
                             "security": unprotected,
                             "responses": {"200": answer(Health, "ready"),
