@@ -37,6 +37,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
+from agent.runtime import Backoff
 from agent.spec import ClusterSpec, EnvelopeError, StatusReport, explain, parse_envelope, sign
 from agent.spec.wire import JS_STREAM_NAME_IN_USE, SPECS_BUCKET, SPECS_HISTORY, STATUS_BUCKET
 
@@ -271,7 +272,7 @@ class StatusCollector:
 
     async def run(self) -> None:
         """Watch until cancelled; waits out NATS outages and a bucket not created yet."""
-        delay = self.poll
+        backoff = Backoff(min(self.poll, self.backoff_max), self.backoff_max)
         while True:
             nc = _connected(self._nc_provider)
             if nc is None:
@@ -282,14 +283,14 @@ class StatusCollector:
                 watcher = await asyncio.wait_for(self._watch(nc), self.timeout)
             except (nats.errors.Error, TimeoutError) as e:
                 self.watching = False
+                delay = backoff.next()
                 level = (logging.INFO if isinstance(e, nats.js.errors.BucketNotFoundError)
                          else logging.WARNING)
                 log.log(level, "cannot watch %s (%s); retrying in %.1fs", self.bucket,
                         _describe(e), delay)
                 await self._sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
                 continue
-            delay = self.poll
+            backoff.reset()
             self.watches += 1
             self.watching = True
             try:

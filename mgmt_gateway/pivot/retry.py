@@ -2,15 +2,14 @@
 
 A pivot talks to a freshly bootstrapped cluster whose API server may still restart or shed load,
 so every step retries what can succeed on a second try (5xx, 429, timeouts, unreachable server,
-409 conflicts) with capped exponential backoff, within a deadline per step so a dead target
-surfaces as an error instead of a hang.
+409 conflicts) with the product's one backoff (`agent.runtime.backoff`), within a deadline per
+step so a dead target surfaces as an error instead of a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from agent.kube import (
     Transient,
     WatchEvent,
 )
+from agent.runtime import Backoff
 
 log = logging.getLogger("outpost.gateway.pivot")
 
@@ -58,17 +58,17 @@ class Retrier:
     async def __call__(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         p = self.policy
         deadline = time.monotonic() + p.deadline
-        delay = p.initial
+        backoff = Backoff(p.initial, p.maximum)
         while True:
             try:
                 return await fn()
             except KubeError as e:
+                delay = backoff.next()
                 if not retriable(e) or time.monotonic() + delay > deadline:
                     raise
                 self.retries += 1
                 log.info("pivot: %s failed, retrying in %.2fs: %s", what, delay, e)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, p.maximum)
+                await asyncio.sleep(delay)
 
 
 class CountingClient:
