@@ -1,4 +1,9 @@
-"""Composition root of the gateway: API, bootstrap worker, spec publisher, status collector."""
+"""Composition root of the gateway: API, bootstrap worker, spec publisher, status collector.
+
+Every background loop runs under the shared supervisor: a loop that fails is restarted with
+backoff, /healthz fails while the bootstrap loop stops beating, and a loop that cannot recover
+makes the process exit non-zero so Kubernetes restarts it with fresh state.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from pydantic import ValidationError
 
 from agent.kube import ApiKubeClient, KubeClient, KubeError
 from agent.kube import resources as r
+from agent.runtime import Backoff
+from agent.runtime.supervisor import Supervisor
 from agent.spec import logfmt, public_key_text
 from agent.spec.envelope import explain_settings
 
@@ -32,35 +39,56 @@ log = logging.getLogger("outpost.gateway")
 
 
 class NatsLink:
-    """One reconnecting NATS connection shared by the publisher and the status collector."""
+    """One reconnecting NATS connection shared by the publisher and the status collector.
 
-    def __init__(self, servers: list[str], credentials: Path | None) -> None:
+    `run` lasts as long as the gateway: it connects (retrying with the shared backoff), then
+    waits while the client reconnects by itself, and connects afresh should the client ever
+    close for good.
+    """
+
+    def __init__(self, servers: list[str], credentials: Path | None,
+                 retry_max: float = 30.0) -> None:
         self.servers = servers
         self.credentials = credentials
+        self.retry_max = retry_max
         self.nc: Any = None
         self._last_error_log = -1e9
+        self._closed = asyncio.Event()
+        self._closing = False
 
     def __call__(self) -> Any:
         return self.nc if self.nc is not None and self.nc.is_connected else None
 
     async def run(self) -> None:
-        delay = 0.5
-        while self.nc is None:
+        backoff = Backoff(min(0.5, self.retry_max), self.retry_max)
+        while not self._closing:
+            if self.nc is not None:
+                await self._closed.wait()
+                self._closed.clear()
+                if self.nc.is_closed and not self._closing:
+                    log.warning("the NATS connection closed; connecting afresh")
+                    self.nc = None
+                continue
             try:
                 opts: dict[str, Any] = {"servers": self.servers, "max_reconnect_attempts": -1,
                                         "reconnect_time_wait": 0.5, "connect_timeout": 2,
                                         "name": "outpost-gateway",
                                         "error_cb": self._error,
                                         "disconnected_cb": self._disconnected,
-                                        "reconnected_cb": self._reconnected}
+                                        "reconnected_cb": self._reconnected,
+                                        "closed_cb": self._on_closed}
                 if self.credentials:
                     opts["user_credentials"] = str(self.credentials)
                 self.nc = await asyncio.wait_for(nats.connect(**opts), 10)
+                backoff.reset()
                 log.info("connected to NATS")
             except Exception as e:  # keep trying: the API works without NATS meanwhile
+                delay = backoff.next()
                 log.warning("cannot connect to NATS (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
+
+    async def _on_closed(self) -> None:
+        self._closed.set()
 
     # One line per event instead of the client's default tracebacks; a link that flaps for
     # hours must not flood the log.
@@ -77,6 +105,7 @@ class NatsLink:
         log.info("reconnected to NATS")
 
     async def close(self) -> None:
+        self._closing = True
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 5)
@@ -89,9 +118,15 @@ class Gateway:
         path = settings.signing_key_file
         key = load_signing_key(path) if path.exists() else generate_signing_key(path)
         self.public_keys = [public_key_text(key.public_key()), *settings.extra_trusted_keys]
-        self.nats = NatsLink(settings.nats_servers, settings.nats_credentials)
+        self.registry = CollectorRegistry()
+        self.supervisor = Supervisor(
+            component="gateway", registry=self.registry,
+            backoff_initial=min(0.5, settings.retry_max_seconds),
+            backoff_max=settings.retry_max_seconds)
+        self.nats = NatsLink(settings.nats_servers, settings.nats_credentials,
+                             settings.retry_max_seconds)
         self.publisher = SpecPublisher(self.nats, key)
-        self.statuses = StatusCollector(self.nats)
+        self.statuses = StatusCollector(self.nats, backoff_max=settings.retry_max_seconds)
         self.store = RecordStore(management, settings.namespace)
         creds = (settings.agent_nats_credentials_file.read_text()
                  if settings.agent_nats_credentials_file else None)
@@ -102,15 +137,23 @@ class Gateway:
                                public_keys=self.public_keys, nats_credentials=creds,
                                extra_env=settings.agent_env()),
             work_dir=settings.work_dir, poll=settings.poll_seconds,
-            step_timeout=settings.step_timeout_seconds)
-        self.registry = CollectorRegistry()
+            step_timeout=settings.step_timeout_seconds, retry_max=settings.retry_max_seconds,
+            registry=self.registry)
         self.ready = False
         self.http_port = settings.http_port
 
     def app(self) -> web.Application:
         return make_app(ApiDeps(
             records=self.store, statuses=self.statuses, wake=self.bootstrap.wake,
-            tokens=self.settings.tokens(), ready=lambda: self.ready, registry=self.registry))
+            tokens=self.settings.tokens(), ready=lambda: self.ready,
+            live=self.supervisor.liveness, registry=self.registry))
+
+    def _supervise(self) -> None:
+        sup = self.supervisor
+        sup.add("nats", self.nats.run)
+        sup.add("status-collector", self.statuses.run)
+        sup.add("bootstrap", lambda: self.bootstrap.run(sup.heartbeat("bootstrap")),
+                liveness=self.settings.liveness_seconds)
 
     async def run(self, stop: asyncio.Event) -> int:
         await self.management.apply(r.NAMESPACE, {
@@ -123,19 +166,28 @@ class Gateway:
         sockets = getattr(site._server, "sockets", None)
         if sockets:
             self.http_port = int(sockets[0].getsockname()[1])
-        tasks = [asyncio.create_task(self.nats.run(), name="nats"),
-                 asyncio.create_task(self.statuses.run(), name="status-collector"),
-                 asyncio.create_task(self.bootstrap.run(), name="bootstrap")]
+        self._supervise()
+        supervised = asyncio.create_task(self.supervisor.run(), name="supervisor")
         self.ready = True
         log.info("gateway listening on port %d", self.http_port)
+        code = 0
         try:
-            await stop.wait()
-            self.ready = False
-            return 0
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({stopped, supervised}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if supervised.done() and not supervised.cancelled():
+                failure = supervised.exception()
+                log.critical("stopping: %s", failure or "the supervisor ended")
+                code = 1
+            return code
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.wait(tasks, timeout=5)
+            self.ready = False
+            late = await self.supervisor.stop(timeout=5)
+            if late:
+                log.warning("%d task(s) did not stop in time: %s", len(late), ", ".join(late))
+            if not supervised.done():
+                supervised.cancel()
+            await asyncio.gather(supervised, return_exceptions=True)
             await self.nats.close()
             await runner.cleanup()
 

@@ -53,6 +53,13 @@ class GatewaySettings(BaseSettings):
                            description="workload kubeconfigs and scratch files")
     poll_seconds: float = Field(default=2.0, gt=0)
     step_timeout_seconds: float = Field(default=1800.0, gt=0)
+    retry_max_seconds: float = Field(
+        default=30.0, gt=0,
+        description="longest wait between retries (NATS, a cluster's failing step, a crashed "
+                    "background task)")
+    liveness_seconds: float = Field(
+        default=120.0, gt=0,
+        description="/healthz fails when the bootstrap loop makes no pass for this long")
     log_level: str = "INFO"
 
     @field_validator("nats_servers", "extra_trusted_keys", "agent_nats_servers", "components",
