@@ -271,7 +271,7 @@ async def test_hung_renewal_is_abandoned_and_run_steps_down_at_the_deadline(
         assert events[:3] == [(True, 0), (False, 1), (True, 1)]
         await a.release()
         await asyncio.wait_for(task, 5)  # a released elector's run() ends
-        assert events[-1] == (False, 1)
+        assert events[-1][0] is False
         assert (await lease_spec(kcs[1]))["holderIdentity"] == ""
     finally:
         task.cancel()
