@@ -1,6 +1,7 @@
 """Pure planners: (desired spec, observed objects) -> actions. No I/O, no asyncio."""
 
 from .topology import plan_topology
-from .types import Action, Apply, Delete, Note, Observed, Plan
+from .types import AGENT_FIELD_MANAGER, Action, Apply, Delete, FieldsClaim, Note, Observed, Plan
 
-__all__ = ["Action", "Apply", "Delete", "Note", "Observed", "Plan", "plan_topology"]
+__all__ = ["AGENT_FIELD_MANAGER", "Action", "Apply", "Delete", "FieldsClaim", "Note", "Observed",
+           "Plan", "plan_topology"]

@@ -1,8 +1,11 @@
 """Plan the cluster's shape: control-plane replicas/version/template, one MachineDeployment per
 worker pool, content-addressed machine and bootstrap templates, garbage templates.
 
-Pure: (desired spec, observed objects) -> Plan. Each field is compared before it is written, so
-a converged cluster plans nothing, and only the fields Outpost owns are ever in an Apply.
+Pure: (desired spec, observed objects) -> Plan. Full intent: every Apply carries the whole
+configuration the agent owns for its object, so a field the spec no longer asks for (a revoked SSH
+key, a dropped rotateAfter) is removed by server-side apply. The write is skipped only when the
+agent's own managedFields show it already owns exactly those fields with those values, so a
+converged cluster plans nothing.
 """
 
 from __future__ import annotations
@@ -12,8 +15,18 @@ from typing import Any
 from agent.spec import ClusterSpec, capi
 
 from . import upgrade
-from .compare import covers
-from .types import Action, Apply, Delete, Note, Obj, Observed, Plan, dig
+from .compare import CAPI_SCHEMAS, Path, applied_fields, owned_fields, render, same, up_to_date
+from .ownership import claim_fields, other_owners, with_managed_fields
+from .types import AGENT_FIELD_MANAGER, Action, Apply, Delete, Note, Obj, Observed, Plan, dig
+from .versions import compare, try_parse
+
+_KCP = "KubeadmControlPlane"
+_MD = "MachineDeployment"
+_USERS = ("kubeadmConfigSpec", "users")
+_AFTER = ("rollout", "after")
+# KCP fields the agent is the authority for even while the spec leaves them out.
+_KCP_OPTIONAL: tuple[Path, ...] = tuple(("f:spec", *(f"f:{p}" for p in f))
+                                        for f in (_USERS, _AFTER))
 
 
 def _name(obj: Obj) -> str:
@@ -21,7 +34,9 @@ def _name(obj: Obj) -> str:
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, manager: str, observed: Observed) -> None:
+        self.manager = manager
+        self.observed = observed
         self.creates: list[Action] = []
         self.updates: list[Action] = []
         self.deletes: list[Action] = []
@@ -32,8 +47,10 @@ class _Builder:
         return Plan(tuple(self.creates + self.updates + self.deletes), tuple(self.notes))
 
 
-def plan_topology(spec: ClusterSpec, observed: Observed) -> Plan:
-    b = _Builder()
+def plan_topology(spec: ClusterSpec, observed: Observed, *,
+                  manager: str = AGENT_FIELD_MANAGER) -> Plan:
+    """`manager` is the field manager the agent applies as (its managedFields are read)."""
+    b = _Builder(manager, observed)
     referenced: set[str] = set()
     cp_version = _plan_control_plane(spec, observed, b, referenced)
     _plan_workers(spec, observed, b, referenced, cp_version)
@@ -69,7 +86,12 @@ def _plan_control_plane(spec: ClusterSpec, observed: Observed, b: _Builder,
     template_name = _ensure_template(template, observed.infra_templates, b, referenced)
 
     version = current
-    if upgrade.is_downgrade(current, spec.kubernetes_version):
+    readable = try_parse(current) is not None
+    if not readable:
+        b.notes.append(Note("VersionUnreadable", f"the control plane's spec.version {current!r} "
+                            "cannot be parsed as a version; the agent leaves it as it is and "
+                            "plans no upgrade until it is corrected"))
+    elif upgrade.is_downgrade(current, spec.kubernetes_version):
         b.notes.append(Note("DowngradeRefused", f"the spec asks for {spec.kubernetes_version} but "
                             f"the control plane runs {current}; Kubernetes cannot be downgraded"))
     else:
@@ -90,30 +112,94 @@ def _plan_control_plane(spec: ClusterSpec, observed: Observed, b: _Builder,
     wanted = capi.control_plane_fields(spec, version, new_ref)
     wanted["metadata"]["name"] = _name(kcp)
     wanted["metadata"]["namespace"] = kcp["metadata"].get("namespace", spec.namespace)
-    if not settled and spec.certificates.rotate_after is not None and dig(
-            kcp, "spec", "rollout", "after") != wanted["spec"]["rollout"].get("after"):
-        # rollout.after starts a rollout: never stack it on one already running.
-        wanted["spec"]["rollout"].pop("after")
-        if dig(kcp, "spec", "rollout", "after"):
-            wanted["spec"]["rollout"]["after"] = dig(kcp, "spec", "rollout", "after")
-    if not covers(kcp, {"spec": wanted["spec"]}):
-        b.updates.append(Apply("KubeadmControlPlane", _name(kcp), wanted,
-                               _describe_cp_change(kcp, wanted)))
+    schema = CAPI_SCHEMAS[_KCP]
+    claim = claim_fields(kcp, wanted["apiVersion"],
+                         {*applied_fields(wanted, schema), *_KCP_OPTIONAL}, b.manager,
+                         observed.now)
+    live = with_managed_fields(kcp, claim)
+    owned = owned_fields(live, b.manager) or set()
+    if not settled:
+        _hold_back(kcp, wanted, owned, b)
+    if claim is not None or not up_to_date(live, wanted, b.manager, schema):
+        b.updates.append(Apply(_KCP, _name(kcp), wanted,
+                               _describe_cp_change(kcp, wanted, owned), claim))
+    _note_kept_fields(live, wanted, _KCP_OPTIONAL, b)
     if new_ref != template_name:
         referenced.add(template_name)
-    fully_upgraded = settled and running == current
+    if not readable:
+        return None
+    if running is not None and try_parse(running) is None:
+        b.notes.append(Note("VersionUnreadable", f"the control plane reports status.version "
+                            f"{running!r}, which cannot be parsed as a version; worker pools "
+                            "keep their versions until it can"))
+        return None
+    fully_upgraded = settled and running is not None and compare(running, current) == 0
     return running if fully_upgraded else _lower(running, current)
 
 
-def _lower(a: str | None, b: str | None) -> str | None:
-    from agent.spec import version_tuple
+def _hold_back(kcp: Obj, wanted: Obj, owned: set[Path], b: _Builder) -> None:
+    """While a rollout runs, changes that would start another wait (never stack rollouts):
+    a new rollout.after and a change of SSH users. Held back means the agent keeps applying
+    what it applied before (the live value where it owns the field, nothing where it does not),
+    so neither full intent nor the hold removes or takes over anything. Removing rollout.after
+    starts nothing, so it is not held."""
+    live_spec, want_spec = kcp.get("spec") or {}, wanted["spec"]
+    if dig(want_spec, *_AFTER) is not None and _keep_applied(live_spec, want_spec, _AFTER, owned):
+        b.notes.append(Note("WaitingForRollout", "control-plane certificate rotation "
+                            "(rollout.after) waits for the rollout in progress to finish"))
+    if _keep_applied(live_spec, want_spec, _USERS, owned):
+        b.notes.append(Note("WaitingForRollout", "control-plane SSH access change waits for the "
+                            "rollout in progress to finish"))
 
+
+def _keep_applied(live_spec: Obj, want_spec: Obj, field: tuple[str, ...],
+                  owned: set[Path]) -> bool:
+    """Replace the desired value at `field` with what the agent applied before; True when that
+    differs from the desired value (the change is then held back)."""
+    desired = dig(want_spec, *field)
+    parent_path, leaf = field[:-1], field[-1]
+    kept = dig(live_spec, *field)
+    if ("f:spec", *(f"f:{p}" for p in field)) not in owned:
+        kept = None
+    if same(desired, kept):
+        return False
+    parent = want_spec
+    for p in parent_path:
+        parent = parent.setdefault(p, {})
+    if kept is None:
+        parent.pop(leaf, None)
+        if not parent:
+            want_spec.pop(parent_path[0], None)  # the fields held here are one level deep
+    else:
+        parent[leaf] = kept
+    return True
+
+
+def _note_kept_fields(live: Obj, wanted: Obj, optional: tuple[Path, ...], b: _Builder) -> None:
+    """Fields the spec leaves out but another manager still owns: server-side apply cannot
+    remove them for the agent, so say so rather than pretend the object matches the spec."""
+    applied = applied_fields(wanted)
+    for path in optional:
+        if any(p[:len(path)] == path for p in applied):
+            continue
+        cur: Any = live
+        for element in path:
+            cur = cur.get(element[2:]) if isinstance(cur, dict) else None
+        owners = other_owners(live, path, b.manager) if cur is not None else []
+        if owners:
+            b.notes.append(Note("FieldKeptByOtherManager", f"{wanted['kind']} "
+                                f"{wanted['metadata']['name']}: {render(path)} is not in the "
+                                "spec but stays, because " + ", ".join(owners) + " also "
+                                "manage it; remove it there"))
+
+
+def _lower(a: str | None, b: str | None) -> str | None:
     if a is None or b is None:
         return None
-    return a if version_tuple(a) <= version_tuple(b) else b
+    return a if compare(a, b) <= 0 else b
 
 
-def _describe_cp_change(kcp: Obj, wanted: Obj) -> str:
+def _describe_cp_change(kcp: Obj, wanted: Obj, owned: set[Path]) -> str:
     parts = []
     spec = wanted["spec"]
     if dig(kcp, "spec", "replicas") != spec["replicas"]:
@@ -123,7 +209,13 @@ def _describe_cp_change(kcp: Obj, wanted: Obj) -> str:
     ref = spec["machineTemplate"]["spec"]["infrastructureRef"]["name"]
     if dig(kcp, "spec", "machineTemplate", "spec", "infrastructureRef", "name") != ref:
         parts.append(f"machine template -> {ref}")
-    return "control plane: " + (", ".join(parts) or "rollout and access settings")
+    for field, what in ((_USERS, "SSH users"), (_AFTER, "rollout.after")):
+        want, live = dig(spec, *field), dig(kcp, "spec", *field)
+        if want is None and ("f:spec", *(f"f:{p}" for p in field)) in owned:
+            parts.append(f"{what} removed")
+        elif want is not None and not same(want, live):
+            parts.append(f"{what} changed")
+    return "control plane: " + (", ".join(parts) or "the agent's field ownership")
 
 
 def _plan_workers(spec: ClusterSpec, observed: Observed, b: _Builder, referenced: set[str],
@@ -166,32 +258,43 @@ def _plan_existing_pool(spec: ClusterSpec, pool: Any, md: Obj, infra: str, boot:
     referenced.update(str(n) for n in (cur_infra, cur_boot) if n)
     current = tspec.get("version")
     settled = upgrade.rollout_settled(md)
-    version = upgrade.worker_version(target, current, cp_version) or current or target
-    if current and upgrade.is_downgrade(current, target):
-        b.notes.append(Note("DowngradeRefused", f"pool {pool.name} runs {current}; the spec's "
-                            f"{target} would be a downgrade"))
+    readable = current is None or try_parse(current) is not None
+    if not readable:
+        version = str(current)
+        b.notes.append(Note("VersionUnreadable", f"pool {pool.name}: the MachineDeployment's "
+                            f"version {current!r} cannot be parsed as a version; the agent leaves "
+                            "it as it is and plans no upgrade until it is corrected"))
+    else:
+        version = upgrade.worker_version(target, current, cp_version) or current or target
+        if current and upgrade.is_downgrade(current, target):
+            b.notes.append(Note("DowngradeRefused", f"pool {pool.name} runs {current}; the "
+                                f"spec's {target} would be a downgrade"))
     changes_template = (version != current or cur_infra != infra or cur_boot != boot)
     if changes_template and not settled:
         version, infra, boot = current or version, str(cur_infra or infra), str(cur_boot or boot)
         b.notes.append(Note("WaitingForRollout", f"pool {pool.name}: template or version change "
                             "waits for the rollout in progress to finish"))
-    elif version != target and current == version:
+    elif readable and compare(version, target) != 0 and current == version:
         b.notes.append(Note("WaitingForControlPlane", f"pool {pool.name} stays at {current} until "
                             f"the control plane runs {target}"))
-    # Server-side apply removes what the same manager applied before and omits now, so the
-    # agent always applies the whole MachineDeployment it created, never a fragment of it.
+    # Full intent: the whole MachineDeployment the agent owns, never a fragment of it.
     wanted = capi.machine_deployment(spec, pool, version, infra, boot)
-    if not covers(md, {"metadata": {"labels": wanted["metadata"]["labels"]},
-                       "spec": wanted["spec"]}):
+    schema = CAPI_SCHEMAS[_MD]
+    claim = claim_fields(md, wanted["apiVersion"], applied_fields(wanted, schema), b.manager,
+                         b.observed.now)
+    if claim is not None or not up_to_date(with_managed_fields(md, claim), wanted, b.manager,
+                                           schema):
         parts = []
         if dig(md, "spec", "replicas") != pool.replicas:
             parts.append(f"replicas {dig(md, 'spec', 'replicas')} -> {pool.replicas}")
         if current != version:
             parts.append(f"version {current} -> {version}")
-        if cur_infra != infra or cur_boot != boot:
-            parts.append("new machine template")
-        b.updates.append(Apply("MachineDeployment", _name(md), wanted,
-                               f"worker pool {pool.name}: " + (", ".join(parts) or "refs")))
+        if cur_infra != infra:
+            parts.append(f"machine template -> {infra}")
+        if cur_boot != boot:
+            parts.append(f"bootstrap template -> {boot}")
+        b.updates.append(Apply(_MD, _name(md), wanted, f"worker pool {pool.name}: "
+                               + (", ".join(parts) or "the agent's fields"), claim))
     referenced.update((infra, boot))
 
 

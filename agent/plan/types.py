@@ -9,6 +9,9 @@ from typing import Any
 
 Obj = dict[str, Any]
 
+# The field manager the agent applies as; the planner reads this manager's managedFields entry.
+AGENT_FIELD_MANAGER = "outpost-agent"
+
 
 def dig(obj: Any, *path: str) -> Any:
     """The value at `path` in nested mappings, or None where any step is missing."""
@@ -34,13 +37,28 @@ class Observed:
 
 
 @dataclass(frozen=True)
+class FieldsClaim:
+    """A one-time rewrite of an object's metadata.managedFields, to be written before the
+    Apply it rides on, so that the agent alone owns the fields it is the authority for (see
+    `ownership`). Written as a merge patch of metadata.managedFields (the list is replaced
+    whole) with metadata.resourceVersion as precondition: a stale one fails with 409 Conflict
+    and the Apply must then wait for the next pass, which plans afresh."""
+
+    managed_fields: tuple[Obj, ...]  # the object's complete new managedFields
+    resource_version: str  # of the object the rewrite was computed from
+    moved: tuple[tuple[str, str], ...] = ()  # (previous manager, field) now the agent's alone
+
+
+@dataclass(frozen=True)
 class Apply:
-    """Server-side apply `body` (only the fields Outpost owns, or a whole object to create)."""
+    """Server-side apply `body`: the whole configuration the agent owns for the object (or a
+    whole object to create). With `claim`, rewrite managedFields first (see FieldsClaim)."""
 
     kind: str
     name: str
     body: Obj
     reason: str
+    claim: FieldsClaim | None = None
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,30 @@
 """Kubernetes upgrade policy: control plane first, one minor at a time, never down, never newer
-workers than the control plane, never interrupt a rollout in progress."""
+workers than the control plane, never interrupt a rollout in progress.
+
+Every version here may have been read from the cluster, so all comparisons go through the
+tolerant parser (`versions`); an unreadable one raises VersionError, which the planner turns into
+a note for that object."""
 
 from __future__ import annotations
 
-from agent.spec import version_tuple
-
 from .types import Obj
+from .versions import compare, parse_version
 
 
 def next_step(current: str, target: str) -> str | None:
     """The next version on the way from `current` to `target`; None when nothing is to be done
     (already there, or `target` is older: downgrades are refused by the caller's note)."""
-    cur, tgt = version_tuple(current), version_tuple(target)
-    if tgt <= cur:
+    if compare(target, current) <= 0:
         return None
-    if tgt[0] != cur[0] or tgt[1] <= cur[1] + 1:
+    cur, tgt = parse_version(current), parse_version(target)
+    if tgt.major != cur.major or tgt.minor <= cur.minor + 1:
         return target
     # More than one minor ahead: stop at the next minor's first release, as kubeadm requires.
-    return f"v{cur[0]}.{cur[1] + 1}.0"
+    return f"v{cur.major}.{cur.minor + 1}.0"
 
 
 def is_downgrade(current: str, target: str) -> bool:
-    return version_tuple(target) < version_tuple(current)
+    return compare(target, current) < 0
 
 
 def _int(obj: Obj, *path: str) -> int | None:
@@ -58,7 +61,7 @@ def worker_version(target: str, current: str | None, control_plane: str | None) 
     ceiling = control_plane
     if ceiling is None:
         return current
-    goal = target if version_tuple(target) <= version_tuple(ceiling) else ceiling
+    goal = target if compare(target, ceiling) <= 0 else ceiling
     if current is None:
         return goal
     if is_downgrade(current, goal):

@@ -39,9 +39,35 @@ def _dns_label(max_len: int) -> AfterValidator:
     return AfterValidator(check)
 
 
+def version_problem(value: str) -> str | None:
+    """What keeps `value` from being a spec version (None when it is one). The contract is
+    strict on purpose: the agent applies exactly this string, so a vendor build or release
+    candidate must be a deliberate change of the contract, not a lenient parse. Versions read
+    from clusters are parsed tolerantly elsewhere (agent.plan.versions)."""
+    if SEMVER.match(value):
+        return None
+    core, _, build = value.partition("+")
+    core, _, pre = core.partition("-")
+    numbers = core[1:].split(".") if core.startswith("v") else core.split(".")
+    if not core.startswith("v"):
+        why = "the leading 'v' is missing"
+    elif len(numbers) != 3 or not all(n.isascii() and n.isdigit() for n in numbers):
+        why = "it needs exactly three numbers, major.minor.patch"
+    elif any(len(n) > 1 and n.startswith("0") for n in numbers):
+        why = "numbers must not have leading zeros"
+    elif build:
+        why = f"build metadata '+{build}' is not allowed in a spec"
+    elif pre:
+        why = f"pre-release '-{pre}' is not allowed in a spec"
+    else:
+        why = "it is not a plain release version"
+    return f"{value!r} is not a Kubernetes version like v1.35.2: {why}"
+
+
 def _semver(value: str) -> str:
-    if not SEMVER.match(value):
-        raise ValueError("must be a Kubernetes version like v1.35.2 (leading v, three numbers)")
+    problem = version_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -60,9 +86,10 @@ SshKey = Annotated[str, AfterValidator(_ssh_key)]
 
 
 def version_tuple(version: str) -> tuple[int, int, int]:
+    """The numbers of a spec version (strict; see version_problem)."""
     m = SEMVER.match(version)
     if not m:
-        raise ValueError(f"not a Kubernetes version: {version!r}")
+        raise ValueError(version_problem(version) or f"not a Kubernetes version: {version!r}")
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
