@@ -26,7 +26,8 @@ def test_tolerant_parse(text: str, release: tuple[int, int, int], pre: tuple[str
 
 
 @pytest.mark.parametrize("text", ["", "latest", "v1.35-rc.1", "v1.35.2-", "v1.35.2+",
-                                  "v1.35.2-rc.01", "v1.35.x", "v1.35.2.4", "v\u0661.35.2", None, 135])
+                                  "v1.35.2-rc.01", "v1.35.x", "v1.35.2.4", "v\u0661.35.2",
+                                  None, 135])
 def test_unreadable(text: object) -> None:
     with pytest.raises(VersionError):
         parse_version(text)
