@@ -198,6 +198,11 @@ class Runtime:
         self._tasks = []
         self._idle.set()
 
+    def scheduled(self, ns: str | None = None) -> list[Key]:
+        """The keys (of namespace ns, or all) waiting for a timed requeue."""
+        return [k for k, h in self._timers.items()
+                if not h.cancelled() and (ns is None or k[1] == ns)]
+
     async def wait_idle(self) -> None:
         while True:
             await self._idle.wait()

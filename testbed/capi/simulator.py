@@ -56,3 +56,8 @@ class CapiSimulator:
     async def wait_idle(self) -> None:
         """Return once the work queue is empty (timed requeues still pending do not count)."""
         await self.runtime.wait_idle()
+
+    def scheduled(self, namespace: str | None = None) -> list[tuple[str, str, str]]:
+        """(resource, namespace, name) of the objects with a simulated step still to come
+        (a timed requeue), in one namespace or all."""
+        return self.runtime.scheduled(namespace)
