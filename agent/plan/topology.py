@@ -10,6 +10,7 @@ converged cluster plans nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from agent.spec import ClusterSpec, capi
@@ -118,12 +119,13 @@ def _plan_control_plane(spec: ClusterSpec, observed: Observed, b: _Builder,
                          observed.now)
     live = with_managed_fields(kcp, claim)
     owned = owned_fields(live, b.manager) or set()
+    intent = applied_fields(wanted, schema)
     if not settled:
         _hold_back(kcp, wanted, owned, b)
     if claim is not None or not up_to_date(live, wanted, b.manager, schema):
         b.updates.append(Apply(_KCP, _name(kcp), wanted,
                                _describe_cp_change(kcp, wanted, owned), claim))
-    _note_kept_fields(live, wanted, _KCP_OPTIONAL, b)
+    _note_kept_fields(live, wanted, intent, _KCP_OPTIONAL, b)
     if new_ref != template_name:
         referenced.add(template_name)
     if not readable:
@@ -159,6 +161,8 @@ def _keep_applied(live_spec: Obj, want_spec: Obj, field: tuple[str, ...],
     desired = dig(want_spec, *field)
     parent_path, leaf = field[:-1], field[-1]
     kept = dig(live_spec, *field)
+    if same(desired, kept):
+        return False  # the object already says so: applying it starts nothing
     if ("f:spec", *(f"f:{p}" for p in field)) not in owned:
         kept = None
     if same(desired, kept):
@@ -175,12 +179,13 @@ def _keep_applied(live_spec: Obj, want_spec: Obj, field: tuple[str, ...],
     return True
 
 
-def _note_kept_fields(live: Obj, wanted: Obj, optional: tuple[Path, ...], b: _Builder) -> None:
-    """Fields the spec leaves out but another manager still owns: server-side apply cannot
-    remove them for the agent, so say so rather than pretend the object matches the spec."""
-    applied = applied_fields(wanted)
+def _note_kept_fields(live: Obj, wanted: Obj, intent: Iterable[Path],
+                      optional: tuple[Path, ...], b: _Builder) -> None:
+    """Fields the spec leaves out (`intent` is the spec's full intent, before any hold-back)
+    but another manager still owns: server-side apply cannot remove them for the agent, so say
+    so rather than pretend the object matches the spec."""
     for path in optional:
-        if any(p[:len(path)] == path for p in applied):
+        if any(p[:len(path)] == path for p in intent):
             continue
         cur: Any = live
         for element in path:

@@ -626,3 +626,16 @@ def test_unreadable_pool_or_status_version_is_a_note() -> None:
     assert body["spec"]["replicas"] == 4
     assert body["spec"]["template"]["spec"]["version"] == "next-tuesday"
     assert [n.reason for n in plan.notes] == ["VersionUnreadable"]
+
+
+def test_rollout_in_progress_does_not_hold_what_the_object_already_says() -> None:
+    spec = make_spec(sshAuthorizedKeys=[KEY_A])
+    kcp = written(None, render.control_plane(spec, capi.machine_template(
+        spec, capi.ROLE_CONTROL_PLANE)["metadata"]["name"]), "clusterctl")
+    kcp = _rolling(settled(kcp, 3, "v1.35.2"))
+    plan = plan_topology(spec, with_kcp(converged(spec), kcp))
+    body = next(a.body for a in plan.actions if isinstance(a, Apply)  # agent takes it on
+                and a.kind == "KubeadmControlPlane")
+    assert body["spec"]["kubeadmConfigSpec"]["users"] == capi.ssh_users(spec)
+    assert body["spec"]["rollout"] == {"before": {"certificatesExpiryDays": 30}}
+    assert plan.notes == ()
