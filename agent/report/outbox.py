@@ -192,6 +192,12 @@ class Outbox:
         return self._torn
 
     @property
+    def last_seq(self) -> int:
+        """No pending record has a higher sequence number: lets a sender bound one round to
+        what was written before it started."""
+        return self._last
+
+    @property
     def status_seq(self) -> int | None:
         """Sequence number of the pending status, if any: lets a sender skip a stale one."""
         status = self._status

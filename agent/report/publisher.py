@@ -2,18 +2,29 @@
 
 Write-ahead: ``publish_status``/``publish_event``/``emit`` only append to the outbox and wake
 the flush loop, so reconcilers never wait on the network. :meth:`Publisher.run` delivers the
-pending records in order, one at a time, acknowledging each in the outbox as JetStream confirms
-it:
+pending records in order:
 
-* events: ``js.publish("outpost.events.<cluster>", ...)`` with ``Nats-Msg-Id: <cluster>-<seq>``,
-  so a record re-sent after a lost ack (or a crash before the outbox ack) is dropped by the
-  server within the stream's duplicate window;
-* status: ``kv.put(<cluster>, ...)`` in the ``outpost-status`` bucket (history 1).
+* events: ``js.publish_async("outpost.events.<cluster>", ...)`` with
+  ``Nats-Msg-Id: <cluster>-<seq>``, pipelined in windows of at most ``window`` records (and
+  ``window_bytes`` of payload) so a backlog drains at the link's throughput instead of one
+  round trip per record;
+* status: ``kv.put(<cluster>, ...)`` in the ``outpost-status`` bucket (history 1), alone and
+  only once every event before it is confirmed; a status replaced meanwhile is skipped.
 
-On any NATS error or timeout the round stops; the loop backs off (exponential, jittered) and
-tries again, sooner if the client reports a reconnect (wire ``on_reconnected`` as the client's
-``reconnected_cb``). Without a connected client it just waits for the next trigger, polling
-every ``poll_interval`` while records are pending.
+Order and exactly-once. A window is sent only once every earlier record is confirmed, and it is
+handed to the client in one go: the client does not yield while its outgoing buffer has room
+(hence the byte bound, well under its 2 MiB default), so the whole window travels, in order,
+on one connection, either written before a disconnect or buffered and re-sent after the
+reconnect. What JetStream stores of it is therefore a prefix. Acks are awaited in order; the
+first one missing (error, or none within ``timeout``) ends the round, the outbox is acked up to
+the last confirmed record only, and the next round re-sends from the first unconfirmed one. A
+copy the server already stored (its ack was lost, or the agent crashed before the outbox ack)
+is dropped by its message id within the stream's duplicate window.
+
+On a failed round the loop waits for the shared :class:`~agent.runtime.backoff.Backoff` (reset
+whenever a round made progress) and tries again, sooner if the client reports a reconnect (wire
+``on_reconnected`` as the client's ``reconnected_cb``). Without a connected client it just
+waits for the next trigger, polling every ``poll_interval`` while records are pending.
 
 The stream and bucket are created if missing (``OUTPOST_EVENTS`` on ``outpost.events.>``;
 ``outpost-status`` with history 1). An agent whose credentials may not manage JetStream logs
@@ -26,8 +37,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -35,9 +45,16 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+)
 from nats.js.kv import KeyValue
 
+from agent.runtime.backoff import Backoff
 from agent.spec.models import DNS_LABEL
 from agent.spec.status import StatusReport
 from agent.spec.wire import (
@@ -71,6 +88,8 @@ log = logging.getLogger(__name__)
 
 NcProvider = Callable[[], Client | None]
 
+DEFAULT_WINDOW = 256
+DEFAULT_WINDOW_BYTES = 512 * 1024  # well under nats-py's default outgoing buffer (2 MiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,22 +112,29 @@ class Publisher:
 
     ``nc_provider`` returns the current client (or None); it is called on every round, so the
     caller may swap clients. ``run()`` must run as a task for anything to be delivered.
+    ``window`` bounds the events awaiting their ack at once (1: one round trip per record);
+    ``timeout`` is the longest wait for the next ack before the round gives up.
     """
 
     def __init__(self, outbox: Outbox, cluster: str, nc_provider: NcProvider, *,
                  timeout: float = 5.0, backoff_initial: float = 0.5, backoff_max: float = 30.0,
-                 poll_interval: float = 5.0,
+                 poll_interval: float = 5.0, window: int = DEFAULT_WINDOW,
+                 window_bytes: int = DEFAULT_WINDOW_BYTES,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         if not DNS_LABEL.match(cluster):
             raise ValueError(f"cluster name {cluster!r} is not a DNS label; it is used in "
                              "NATS subjects and keys")
+        if window < 1 or window_bytes < 1:
+            raise ValueError(f"window ({window}) and window_bytes ({window_bytes}) must be >= 1")
         self.outbox = outbox
         self.cluster = cluster
         self.subject = event_subject(cluster)
         self._nc_provider = nc_provider
         self._timeout = timeout
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        # A maximum below the default initial delay (a short retry_max) caps it, as before.
+        self._backoff = Backoff(min(backoff_initial, backoff_max), backoff_max)
+        self._window = window
+        self._window_bytes = window_bytes
         self._poll_interval = poll_interval
         self._clock = clock
         self._wake = asyncio.Event()
@@ -117,6 +143,7 @@ class Publisher:
         self._prepared_for: Client | None = None
         self._manage = True  # False once publishing is seen to work without managing JetStream
         self._kv: tuple[Client, KeyValue] | None = None  # bound to the client it came from
+        self._js: tuple[Client, JetStreamContext] | None = None  # keeps its async-ack inbox
         self._warned: set[str] = set()
         self._failing = 0
         self._delivered = 0
@@ -197,18 +224,22 @@ class Publisher:
     # -- delivering -----------------------------------------------------------------------
     async def run(self) -> None:
         """Deliver until cancelled."""
-        backoff = 0.0
+        delay = 0.0
         while True:
-            if backoff:
-                await _wait(self._reconnected, backoff * random.uniform(0.8, 1.0))
+            if delay:
+                await _wait(self._reconnected, delay)
             elif not self._wake.is_set():
                 await _wait(self._wake, self._poll_interval if self.outbox.depth else None)
             self._wake.clear()
             self._reconnected.clear()
+            before = self._delivered
             if await self._attempt() is _Outcome.FAILED:
-                backoff = min(self._backoff_max, max(self._backoff_initial, backoff * 2))
+                if self._delivered != before:
+                    self._backoff.reset()  # the link worked until just now: retry soon
+                delay = self._backoff.next()
             else:
-                backoff = 0.0
+                self._backoff.reset()
+                delay = 0.0
 
     async def flush(self) -> bool:
         """One delivery round now (e.g. before shutdown); True if the outbox is empty after."""
@@ -216,23 +247,30 @@ class Publisher:
         return outcome is not _Outcome.FAILED and self.outbox.depth == 0
 
     async def _attempt(self) -> _Outcome:
+        """One round: everything written before it started, window after window."""
         async with self._round:  # flush() and run() must not deliver the same record twice
             nc = self._nc_provider()
             if nc is None or not nc.is_connected:
                 return _Outcome.IDLE
             setup_failed = False
+            horizon = self.outbox.last_seq  # later records wait for the next round (woken)
             try:
-                records = await self.outbox.pending_async()
-                if records:
-                    js = nc.jetstream(timeout=self._timeout)
-                    if self._manage and self._prepared_for is not nc:
-                        setup_failed = not await self._prepare(nc, js)
-                        self._prepared_for = nc
-                    for record in records:
-                        await self._deliver(nc, js, record)
+                js: JetStreamContext | None = None
+                while records := [r for r in await self.outbox.pending_async(self._window)
+                                  if r.seq <= horizon]:
+                    if js is None:
+                        js = self._jetstream(nc)
+                        if self._manage and self._prepared_for is not nc:
+                            setup_failed = not await self._prepare(nc, js)
+                            self._prepared_for = nc
+                    if records[0].kind == "status":
+                        await self._deliver_status(nc, js, records[0])
+                    else:
+                        await self._deliver_events(nc, js, records)
             except Exception as exc:  # NATS errors, timeouts, disk errors: all mean "later"
                 self._prepared_for = None  # the stream may be gone: check again next round
-                if isinstance(exc, nats.errors.NoRespondersError):
+                if isinstance(exc, nats.errors.NoRespondersError
+                              | nats.js.errors.NoStreamResponseError):
                     self._manage = True  # nothing stores the subject: worth trying to create
                 self._failures += 1
                 self._failing += 1
@@ -250,15 +288,65 @@ class Publisher:
                 self._failing = 0
             return _Outcome.DONE
 
-    async def _deliver(self, nc: Client, js: JetStreamContext, record: Record) -> None:
-        if record.kind == "event":
-            ack = await js.publish(self.subject, record.payload, timeout=self._timeout,
-                                   headers={"Nats-Msg-Id": msg_id(self.cluster, record.seq)})
-            if ack.duplicate:
-                log.debug("event %d was already in the stream", record.seq)
-        elif self.outbox.status_seq != record.seq:
+    def _jetstream(self, nc: Client) -> JetStreamContext:
+        """One context per client: its first async publish subscribes an ack inbox for good.
+
+        The window is the bound; the context's own limit is twice it so that it never makes a
+        publish wait (and yield) while cancelled slots are still being released.
+        """
+        if self._js is None or self._js[0] is not nc:
+            self._js = (nc, nc.jetstream(timeout=self._timeout,
+                                         publish_async_max_pending=2 * self._window))
+        return self._js[1]
+
+    async def _deliver_events(self, nc: Client, js: JetStreamContext,
+                              records: Sequence[Record]) -> None:
+        """Send one window of the leading events, then confirm them in order (module doc)."""
+        window: list[Record] = []
+        size = 0
+        for record in records:
+            if record.kind != "event" or (window and size + len(record.payload)
+                                          > self._window_bytes):
+                break
+            window.append(record)
+            size += len(record.payload)
+        acks: list[asyncio.Future[PubAck]] = []
+        send_error: Exception | None = None
+        try:
+            for record in window:
+                if not nc.is_connected:  # never leave part of a window in a reconnect buffer
+                    raise nats.errors.ConnectionReconnectingError
+                # No wait_stall: waiting with a timeout runs a task, so the client would yield
+                # after every message and could flush half a window before a disconnect.
+                acks.append(await js.publish_async(
+                    self.subject, record.payload,
+                    headers={"Nats-Msg-Id": msg_id(self.cluster, record.seq)}))
+        except Exception as exc:  # confirm what went out; the rest goes in the next round
+            send_error = exc
+        confirmed = 0
+        ack_error: Exception | None = None
+        try:
+            for record, fut in zip(window, acks, strict=False):
+                ack = await asyncio.wait_for(fut, self._timeout)
+                if ack.duplicate:
+                    log.debug("event %d was already in the stream", record.seq)
+                confirmed += 1
+        except Exception as exc:  # the first gap: nothing after it counts as delivered
+            ack_error = exc
+        finally:
+            for fut in acks[confirmed:]:
+                fut.cancel()  # frees the context's slot; a late ack is ignored
+        if confirmed:  # never past an unconfirmed record
+            await self.outbox.ack_async(window[confirmed - 1].seq)
+            self._delivered += confirmed
+        error = ack_error or send_error  # the earlier in sequence
+        if error is not None:
+            raise error
+
+    async def _deliver_status(self, nc: Client, js: JetStreamContext, record: Record) -> None:
+        if self.outbox.status_seq != record.seq:
             return  # superseded while this round ran; the newer one follows
-        elif self._kv is not None and self._kv[0] is nc:
+        if self._kv is not None and self._kv[0] is nc:
             await self._kv[1].put(self.cluster, record.payload)
         else:  # no handle on the bucket (no permission to look it up): same subject kv uses
             await js.publish(kv_subject(STATUS_BUCKET, self.cluster), record.payload,

@@ -1,4 +1,5 @@
-"""The publisher against a real nats-server: delivery, outages, restarts, bounds, dedupe."""
+"""The publisher against a real nats-server: delivery, outages, restarts, bounds, dedupe, and a
+pipelined backlog that stays bounded, in order and exactly-once across a server restart."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 
+from agent.report.events import AgentEvent
 from agent.report.outbox import FILE_NAME, Outbox
 from agent.report.publisher import EVENTS_STREAM, STATUS_BUCKET, Publisher, event_subject
 from agent.spec.status import StatusReport
@@ -87,13 +89,13 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def make_rig(server: NatsServer, path: Path, *, timeout: float = 1.0,
-                   creds: dict[str, str] | None = None,
+                   creds: dict[str, str] | None = None, window: int = 256,
                    **outbox_args: Any) -> AsyncIterator[Rig]:
     outbox = Outbox(path, **outbox_args)
     holder: list[Client] = []
     publisher = Publisher(outbox, CLUSTER, lambda: holder[0] if holder else None,
                           timeout=timeout, backoff_initial=0.05, backoff_max=0.3,
-                          poll_interval=0.2)
+                          poll_interval=0.2, window=window)
     nc = await nats.connect(server.url, allow_reconnect=True, max_reconnect_attempts=-1,
                             reconnect_time_wait=0.05, connect_timeout=1, error_cb=_quiet,
                             reconnected_cb=publisher.on_reconnected, **(creds or {}))
@@ -273,3 +275,80 @@ async def test_agent_without_rights_to_manage_jetstream_still_publishes(
                 and "cannot check or create stream" in r.getMessage()]
     assert len(warnings) == 1
     assert "publishing works without managing JetStream" in caplog.text
+
+
+BACKLOG = 3000
+WINDOW = 16
+
+
+def fill_backlog(path: Path, n: int = BACKLOG) -> None:
+    """Write ``n`` events (seq 1..n) to the outbox on disk, as an agent cut off for a while."""
+    with Outbox(path) as box:
+        for i in range(n):
+            box.append_event(AgentEvent(cluster=CLUSTER, time=T0, reason="Scaled",
+                                        message=f"e{i}"))
+
+
+async def stream_seqs(nc: Client, expected: int) -> list[int]:
+    """The seq of every event in the stream, in stream order; the stream must hold exactly
+    ``expected`` messages (reading stops there, so a slow reader cannot cut the list short)."""
+    js = nc.jetstream(timeout=5)
+    info = await js.stream_info(EVENTS_STREAM)
+    assert info.state.messages == expected
+    sub = await js.subscribe(event_subject(CLUSTER), ordered_consumer=True)
+    try:
+        return [json.loads((await sub.next_msg(timeout=10)).data)["seq"]
+                for _ in range(expected)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_backlog_drains_pipelined_bounded_once_and_in_order(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """A plain subscriber sees every event as it is published; at no time may an event be out
+    before everything more than a window earlier is acknowledged in the outbox. An unbounded
+    publisher runs hundreds ahead; one waiting for each ack never more than one."""
+    path = tmp_path / "outbox"
+    fill_backlog(path)
+    observer = await nats.connect(nats_server.url)
+    outbox: list[Outbox] = []
+    newest = 0
+    ahead: list[int] = []
+
+    async def seen(msg: Any) -> None:
+        nonlocal newest
+        newest = max(newest, json.loads(msg.data)["seq"])
+        acked = BACKLOG - outbox[0].depth  # seqs 1..BACKLOG, acked as a prefix
+        ahead.append(newest - acked)
+
+    try:
+        await observer.subscribe(event_subject(CLUSTER), cb=seen)
+        await observer.flush()
+        async with make_rig(nats_server, path, timeout=5.0, window=WINDOW) as rig:
+            outbox.append(rig.outbox)  # before the publisher task first runs
+            await until(lambda: rig.publisher.depth == 0, timeout=120)
+            assert await stream_seqs(rig.nc, BACKLOG) == list(range(1, BACKLOG + 1))
+            assert rig.outbox.pending() == []
+            assert rig.publisher.delivered == BACKLOG
+            await until(lambda: newest == BACKLOG, timeout=30)
+    finally:
+        await observer.close()
+    assert max(ahead) <= WINDOW  # bounded
+    assert max(ahead) > 1  # pipelined: more than one event awaited its ack at once
+
+
+async def test_server_stopped_mid_drain_still_stores_each_record_once_in_order(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """Windows cut short by the stop are re-sent from the first unconfirmed event; what the
+    server had already stored is dropped by its Msg-Id, so the stream ends exactly 1..n."""
+    path = tmp_path / "outbox"
+    fill_backlog(path)
+    async with make_rig(nats_server, path, timeout=2.0, window=64) as rig:
+        await until(lambda: rig.publisher.delivered >= BACKLOG // 5, timeout=120)
+        await rig.server.stop()
+        assert rig.publisher.depth > 0  # stopped mid-drain
+        await until(lambda: rig.publisher.stats().failures > 0, timeout=30)
+        await rig.server.start()
+        await until(lambda: rig.publisher.depth == 0, timeout=120)
+        assert await stream_seqs(rig.nc, BACKLOG) == list(range(1, BACKLOG + 1))
+        assert rig.outbox.pending() == []

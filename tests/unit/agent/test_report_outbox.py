@@ -188,6 +188,20 @@ def test_reserved_seq_is_kept_and_an_overtaken_one_is_restamped(tmp_path: Path) 
         assert [r.seq for r in box.pending()] == sorted(r.seq for r in box.pending())
 
 
+def test_last_seq_bounds_every_pending_record_across_reopen(tmp_path: Path) -> None:
+    with Outbox(tmp_path) as box:
+        assert box.last_seq == 0
+        box.append_event(event(0))
+        box.set_status(status(1))
+        box.append_event(event(1))
+        assert box.last_seq == 3
+        box.set_status(status(2))  # a status replaced later still counts as written
+        assert box.last_seq == max(r.seq for r in box.pending()) == 4
+    with Outbox(tmp_path) as box:
+        assert box.last_seq == 4
+        assert box.append_event(event(2)).seq == box.last_seq == 5
+
+
 def test_second_instance_on_the_same_directory_is_refused(tmp_path: Path) -> None:
     with Outbox(tmp_path), pytest.raises(OutboxLockedError):
         Outbox(tmp_path)
