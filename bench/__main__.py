@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import logging
 
-from . import agent, apiserver, gateway
+from . import agent, apiserver, gateway, publisher
 
-BENCHES = {"apiserver": apiserver.main, "agent": agent.main, "gateway": gateway.main}
+BENCHES = {"apiserver": apiserver.main, "agent": agent.main, "gateway": gateway.main,
+           "publisher": publisher.main}
 
 
 def main() -> None:
