@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from dataclasses import dataclass, field
 
@@ -35,12 +37,28 @@ class Faults:
     delays: list[tuple[Rule, float]] = field(default_factory=list)
     injected: int = 0
     delaying: int = 0  # requests being held right now
+    _released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def delay_next(self, n: int, seconds: float, path: str | None = None,
                    method: str | None = None) -> None:
         """Hold the next `n` matching requests for `seconds` before serving them (a slow API)."""
         self.delays.append((Rule(n, 0, re.compile(path) if path else None,
                                  method.upper() if method else None), seconds))
+
+    async def hold(self, seconds: float) -> None:
+        """Hold one request for `seconds`, or until release() ends every current hold."""
+        released = self._released
+        self.delaying += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), seconds)
+        finally:
+            self.delaying -= 1
+
+    def release(self) -> None:
+        """Serve every request being held right now (later ones are held as configured)."""
+        self._released.set()
+        self._released = asyncio.Event()
 
     def delay_for(self, method: str, path: str) -> float:
         for rule, seconds in self.delays:

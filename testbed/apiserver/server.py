@@ -220,11 +220,7 @@ class ApiServer:
             self.faults.check(request.method, path)
             delay = self.faults.delay_for(request.method, path)
             if delay:
-                self.faults.delaying += 1
-                try:
-                    await asyncio.sleep(delay)
-                finally:
-                    self.faults.delaying -= 1
+                await self.faults.hold(delay)
             resp = self._discovery(request, path)
             if resp is not None:
                 return resp

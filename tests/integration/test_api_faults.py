@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -10,6 +11,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from testbed.apiserver import ApiServer
+from tests.fixtures.kube import eventually
 
 
 @pytest.mark.parametrize(("code", "reason"), [(409, "Conflict"), (429, "TooManyRequests"),
@@ -73,16 +75,19 @@ async def test_server_goes_down_and_comes_back(api: ApiServer, kube: client.ApiC
 
 
 async def test_delay_holds_matching_requests(api: ApiServer, kube: client.ApiClient) -> None:
-    import asyncio
-    import time
-
     core = client.CoreV1Api(kube)
-    api.faults.delay_next(1, 0.5, path=r"/configmaps", method="GET")
+    api.faults.delay_next(1, 600, path=r"/configmaps", method="GET")  # held until released
     task = asyncio.ensure_future(core.list_namespaced_config_map("default"))
-    await asyncio.sleep(0.1)
-    assert api.faults.delaying == 1
-    start = time.monotonic()
+
+    async def held() -> bool:
+        return api.faults.delaying == 1
+    await eventually(held)
     await core.read_namespace("default")  # other requests are not held
-    assert time.monotonic() - start < 0.4
+    assert not task.done() and api.faults.delaying == 1
+    api.faults.release()
     await task
+    assert api.faults.delaying == 0
+    # A hold also ends by itself once its time has passed.
+    api.faults.delay_next(1, 0.05, path=r"/configmaps", method="GET")
+    await core.list_namespaced_config_map("default")
     assert api.faults.delaying == 0
