@@ -45,7 +45,7 @@ async def gateway(tb: Testbed, state: Path, key: Path | None = None,
             yield gw, http, f"http://127.0.0.1:{gw.http_port}"
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, 60)
         await kube.close()
 
 

@@ -17,7 +17,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from testbed.apiserver import ApiServer
-from tests.fixtures.kube import eventually
+from tests.fixtures.kube import eventually, serving_watches
 
 CMS = "/api/v1/namespaces/default/configmaps"
 WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
@@ -76,10 +76,10 @@ async def test_watch_from_a_future_resource_version_skips_what_comes_before(
         api: ApiServer) -> None:
     start = api.store.rv
     watcher = asyncio.ensure_future(watch_lines(api, CMS, 1, resourceVersion=str(start + 2)))
-    await asyncio.sleep(0.2)
+    await serving_watches(api, 1)
     for name in ("f1", "f2", "f3"):
         await make_cm(api, name)
-    events = await asyncio.wait_for(watcher, 5)
+    events = await asyncio.wait_for(watcher, 60)
     # Only changes after the requested resourceVersion are sent: f1 and f2 are not.
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "f3")]
 
@@ -87,10 +87,10 @@ async def test_watch_from_a_future_resource_version_skips_what_comes_before(
 async def test_watch_timeout_seconds_zero_means_the_server_default(api: ApiServer) -> None:
     watcher = asyncio.ensure_future(watch_lines(api, CMS, 1, timeoutSeconds="0",
                                                 resourceVersion=str(api.store.rv)))
-    await asyncio.sleep(0.3)
+    await serving_watches(api, 1)
     assert not watcher.done()  # a zero timeout does not end the watch at once
     await make_cm(api, "late")
-    events = await asyncio.wait_for(watcher, 5)
+    events = await asyncio.wait_for(watcher, 60)
     assert events[0]["object"]["metadata"]["name"] == "late"
 
 
@@ -105,10 +105,14 @@ async def test_reads_at_a_future_resource_version_wait_then_time_out(api: ApiSer
     status, _ = await call(api, "GET", CMS + "/x", params={"resourceVersion": str(ahead)})
     assert status == 504
     # A version reached while waiting is served.
-    api.fresh_wait = 3
+    api.fresh_wait = 60  # ends as soon as the version is reached
+    gets = api.requests["GET"]
     reader = asyncio.ensure_future(call(api, "GET", CMS, params={
         "resourceVersion": str(api.store.rv + 1)}))
-    await asyncio.sleep(0.1)
+
+    async def waiting() -> bool:  # the read is in the server, waiting for the version
+        return api.requests["GET"] > gets and not reader.done()
+    await eventually(waiting)
     await make_cm(api, "arrives")
     status, body = await reader
     assert status == 200 and "arrives" in [i["metadata"]["name"] for i in body["items"]]
@@ -239,7 +243,7 @@ async def test_crd_deletion_removes_instances_before_the_kind(api: ApiServer) ->
                                       "metadata": {"name": "free"}})
     crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com"
     watcher = asyncio.ensure_future(watch_lines(api, WIDGETS, 10))
-    await asyncio.sleep(0.1)
+    await serving_watches(api, 1)
     status, crd = await call(api, "DELETE", crd_path)
     assert status == 200
     assert crd["metadata"]["deletionTimestamp"]
@@ -250,7 +254,7 @@ async def test_crd_deletion_removes_instances_before_the_kind(api: ApiServer) ->
         status, body = await call(api, "GET", WIDGETS + "/free")
         assert status == 404, body
 
-    await eventually(free_gone, timeout=5)
+    await eventually(free_gone)
     # The kind is still served while an instance is held by its own finalizer...
     status, held = await call(api, "GET", WIDGETS + "/held")
     assert status == 200 and held["metadata"]["deletionTimestamp"]
@@ -271,11 +275,11 @@ async def test_crd_deletion_removes_instances_before_the_kind(api: ApiServer) ->
         status, _ = await call(api, "GET", crd_path)
         assert status == 404
 
-    await eventually(crd_gone, timeout=5)
+    await eventually(crd_gone)
     status, _ = await call(api, "GET", WIDGETS)
     assert status == 404
     # Watchers saw both instances go, then their stream ended with the kind.
-    events = await asyncio.wait_for(watcher, 5)
+    events = await asyncio.wait_for(watcher, 60)
     deleted = {e["object"]["metadata"]["name"] for e in events if e["type"] == "DELETED"}
     assert deleted == {"free", "held"}
 
@@ -312,7 +316,7 @@ async def test_gc_resolves_owners_by_kind_namespace_and_uid(api: ApiServer) -> N
         names = {i["metadata"]["name"] for i in body["items"]}
         assert not names & {"cross-ns", "never", "orphan-of-first"}, names
 
-    await eventually(collected, timeout=5)
+    await eventually(collected)
     _, body = await call(api, "GET", CMS)
     assert {"ns-owned", "kept", "keeper", "phoenix"} <= {i["metadata"]["name"]
                                                          for i in body["items"]}
@@ -380,10 +384,10 @@ async def test_deprecated_watch_paths_still_stream(api: ApiServer) -> None:
     await make_cm(api, "w-one")
     await make_cm(api, "w-two")
     events = await asyncio.wait_for(watch_lines(
-        api, "/api/v1/watch/namespaces/default/configmaps/w-two", 1, timeoutSeconds="5"), 5)
+        api, "/api/v1/watch/namespaces/default/configmaps/w-two", 1, timeoutSeconds="60"), 60)
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "w-two")]
     events = await asyncio.wait_for(watch_lines(api, "/api/v1/watch/namespaces", 4,
-                                                timeoutSeconds="5"), 5)
+                                                timeoutSeconds="60"), 60)
     assert {e["object"]["metadata"]["name"] for e in events} == {
         "default", "kube-system", "kube-public", "kube-node-lease"}
 

@@ -185,4 +185,4 @@ async def test_crd_registers_kind_at_run_time_and_removal_drops_objects(
             return
         raise AssertionError("w1 is still served")
 
-    await eventually(gone, timeout=5)
+    await eventually(gone)

@@ -12,6 +12,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
 from testbed.apiserver import ApiServer
+from tests.fixtures.kube import serving_watches
 
 
 def cm(name: str, labels: dict[str, str] | None = None, **data: str) -> client.V1ConfigMap:
@@ -39,7 +40,7 @@ async def test_watch_sends_state_then_changes(kube: client.ApiClient) -> None:
     core = client.CoreV1Api(kube)
     await core.create_namespaced_config_map("default", cm("before"))
     w = watch.Watch()
-    stream = w.stream(core.list_namespaced_config_map, "default", timeout_seconds=5)
+    stream = w.stream(core.list_namespaced_config_map, "default", timeout_seconds=60)
     first = await collect(w, stream, 1)
     assert first == [("ADDED", "before")]
     await core.create_namespaced_config_map("default", cm("after"))
@@ -59,7 +60,7 @@ async def test_watch_resumes_from_resource_version(kube: client.ApiClient) -> No
     await core.create_namespaced_config_map("default", cm("r2"))
     w = watch.Watch()
     stream = w.stream(core.list_namespaced_config_map, "default", resource_version=rv,
-                      timeout_seconds=5)
+                      timeout_seconds=60)
     events = await collect(w, stream, 2)
     await w.close()
     assert events == [("ADDED", "r1"), ("ADDED", "r2")]
@@ -98,14 +99,15 @@ async def test_watch_bookmarks_and_timeout(api: ApiServer) -> None:
     assert lines[-1]["object"]["metadata"]["resourceVersion"] == str(api.store.rv)
 
 
-async def test_watch_with_label_selector_reports_transitions(kube: client.ApiClient) -> None:
+async def test_watch_with_label_selector_reports_transitions(api: ApiServer,
+                                                            kube: client.ApiClient) -> None:
     core = client.CoreV1Api(kube)
     await core.create_namespaced_config_map("default", cm("t", {"sel": "no"}))
     w = watch.Watch()
     stream = w.stream(core.list_namespaced_config_map, "default", label_selector="sel=yes",
-                      timeout_seconds=5)
+                      timeout_seconds=60)
     task = asyncio.ensure_future(collect(w, stream, 2))
-    await asyncio.sleep(0.1)
+    await serving_watches(api, 1)
     patch = {"metadata": {"labels": {"sel": "yes"}}}
     await core.patch_namespaced_config_map("t", "default", patch,
                                            _content_type="application/merge-patch+json")
@@ -144,6 +146,6 @@ async def test_cut_watches_ends_streams(api: ApiServer, kube: client.ApiClient) 
         return n
 
     task = asyncio.ensure_future(drain())
-    await asyncio.sleep(0.2)
+    await serving_watches(api, 1)
     assert api.cut_watches() == 1
-    await asyncio.wait_for(task, 5)  # the stream ends; the client must re-watch
+    await asyncio.wait_for(task, 60)  # the stream ends; the client must re-watch

@@ -13,6 +13,7 @@ import yaml
 
 from testbed.apiserver import ApiServer
 from testbed.crds import crd_files
+from tests.fixtures.kube import serving_watches
 from tests.fixtures.tools import kubectl_binary
 
 pytestmark = pytest.mark.kubectl
@@ -97,7 +98,7 @@ spec:
 async def apply_crds(kubectl: Kubectl) -> None:
     args = [a for f in crd_files() for a in ("-f", str(f))]
     await kubectl.run("apply", *args)
-    await kubectl.run("wait", "--for=condition=Established", "--timeout=10s",
+    await kubectl.run("wait", "--for=condition=Established", "--timeout=60s",
                       "crd/clusters.cluster.x-k8s.io",
                       "crd/kubeadmcontrolplanes.controlplane.cluster.x-k8s.io")
 
@@ -172,7 +173,7 @@ async def test_patch_merge_and_json_then_delete_and_wait(kubectl: Kubectl) -> No
     assert (await kubectl.json("get", "kcp", "edge-1-cp", "-n", "fleet"))["spec"][
         "replicas"] == 5
     await kubectl.run("label", "cluster", "edge-1", "-n", "fleet", "tier=gold")
-    await kubectl.run("wait", "--for=jsonpath={.metadata.labels.tier}=gold", "--timeout=5s",
+    await kubectl.run("wait", "--for=jsonpath={.metadata.labels.tier}=gold", "--timeout=60s",
                       "cluster/edge-1", "-n", "fleet")
     _, out, _ = await kubectl.run("delete", "kcp", "edge-1-cp", "-n", "fleet")
     assert "deleted" in out
@@ -199,15 +200,15 @@ async def test_server_side_apply_and_conflict(kubectl: Kubectl) -> None:
 async def test_get_watch_streams_changes(kubectl: Kubectl) -> None:
     await kubectl.run("create", "configmap", "w1", "--from-literal=a=1")
     proc = await asyncio.create_subprocess_exec(
-        kubectl.bin, "get", "configmaps", "-w", "--request-timeout=10s", env=kubectl.env,
+        kubectl.bin, "get", "configmaps", "-w", "--request-timeout=60s", env=kubectl.env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     lines: list[str] = []
     try:
-        lines.append((await asyncio.wait_for(proc.stdout.readline(), 10)).decode())  # header
-        lines.append((await asyncio.wait_for(proc.stdout.readline(), 10)).decode())  # w1
+        lines.append((await asyncio.wait_for(proc.stdout.readline(), 60)).decode())  # header
+        lines.append((await asyncio.wait_for(proc.stdout.readline(), 60)).decode())  # w1
         await kubectl.run("create", "configmap", "w2", "--from-literal=b=2")
-        lines.append((await asyncio.wait_for(proc.stdout.readline(), 10)).decode())
+        lines.append((await asyncio.wait_for(proc.stdout.readline(), 60)).decode())
     finally:
         proc.kill()
         await proc.wait()
@@ -215,7 +216,8 @@ async def test_get_watch_streams_changes(kubectl: Kubectl) -> None:
     assert lines[1].startswith("w1") and lines[2].startswith("w2")
 
 
-async def test_delete_waits_for_finalizers_and_wait_for_delete(kubectl: Kubectl) -> None:
+async def test_delete_waits_for_finalizers_and_wait_for_delete(api: ApiServer,
+                                                              kubectl: Kubectl) -> None:
     manifest = ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n"
                 "  finalizers: [example.com/hold]\n")
     await kubectl.run("apply", "-f", "-", stdin=manifest)
@@ -223,8 +225,8 @@ async def test_delete_waits_for_finalizers_and_wait_for_delete(kubectl: Kubectl)
     cm = await kubectl.json("get", "configmap", "held")
     assert cm["metadata"]["deletionTimestamp"]
     waiter = asyncio.ensure_future(kubectl.run("wait", "--for=delete", "configmap/held",
-                                               "--timeout=10s"))
-    await asyncio.sleep(0.3)
+                                               "--timeout=60s"))
+    await serving_watches(api, 1)  # kubectl waits on a watch
     await kubectl.run("patch", "configmap", "held", "--type=json",
                       "-p", '[{"op":"remove","path":"/metadata/finalizers"}]')
     rc, out, _ = await waiter

@@ -132,7 +132,7 @@ async def test_bundle_with_crd_applies_as_on_a_real_cluster(kubectl: Kubectl) ->
     assert "ensure CRDs are installed first" in err
     assert "deployment.apps/shop-api created" in out
     assert "customresourcedefinition.apiextensions.k8s.io/carts.shop.example.com created" in out
-    await kubectl.run("wait", "--for=condition=Established", "--timeout=10s",
+    await kubectl.run("wait", "--for=condition=Established", "--timeout=60s",
                       "crd/carts.shop.example.com")
     _, out, _ = await kubectl.run("apply", "-f", "-", stdin=BUNDLE)
     assert "cart.shop.example.com/cart-1 created" in out
@@ -222,14 +222,14 @@ async def test_namespace_termination_waits_for_finalizers(kubectl: Kubectl) -> N
     assert rc != 0 and "being terminated" in err
     await kubectl.run("patch", "configmap", "pinned", "-n", "held", "--type=json",
                       "-p", '[{"op":"remove","path":"/metadata/finalizers"}]')
-    await kubectl.run("wait", "--for=delete", "ns/held", "--timeout=10s")
+    await kubectl.run("wait", "--for=delete", "ns/held", "--timeout=60s")
 
 
 async def test_crd_deletion_waits_for_its_objects(kubectl: Kubectl) -> None:
     crd, cart = BUNDLE.split("---")[-2:]
     await kubectl.run("create", "namespace", "shop")
     await kubectl.run("apply", "-f", "-", stdin=crd)
-    await kubectl.run("wait", "--for=condition=Established", "--timeout=10s",
+    await kubectl.run("wait", "--for=condition=Established", "--timeout=60s",
                       "crd/carts.shop.example.com")
     pinned = cart.replace("  namespace: shop\n",
                           "  namespace: shop\n  finalizers: [shop.example.com/checkout]\n")
@@ -248,7 +248,7 @@ async def test_crd_deletion_waits_for_its_objects(kubectl: Kubectl) -> None:
                        "terminating" in err
     await kubectl.run("patch", "cart", "cart-1", "-n", "shop", "--type=merge",
                       "-p", '{"metadata":{"finalizers":null}}')
-    await kubectl.run("wait", "--for=delete", "crd/carts.shop.example.com", "--timeout=10s")
+    await kubectl.run("wait", "--for=delete", "crd/carts.shop.example.com", "--timeout=60s")
     rc, _, err = await kubectl.run("get", "carts", "-A", check=False)
     assert rc != 0  # NotFound, or unknown to discovery once kubectl's cache is refreshed
 

@@ -112,11 +112,11 @@ async def test_client_reconnects_after_stop_and_start(nats_server: NatsServer) -
         await kv.put("k", b"before")
 
         await nats_server.stop()
-        await asyncio.wait_for(disconnected.wait(), 2)
+        await asyncio.wait_for(disconnected.wait(), 60)
         assert not nc.is_connected
 
         await nats_server.start()
-        await asyncio.wait_for(reconnected.wait(), 3)
+        await asyncio.wait_for(reconnected.wait(), 60)
         assert nc.is_connected
 
         assert (await kv.get("k")).value == b"before"

@@ -53,7 +53,7 @@ async def test_up_serves_until_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.wait_for(proc.communicate(), 20)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert "export KUBECONFIG=" in out.decode()
     assert not any(f.exists() for f in files)

@@ -63,7 +63,7 @@ async def test_runs_the_agent_process_with_its_config(api: ApiServer, tmp_path: 
                          what="process started")
         pod = next(p for p in kubelet.pods() if p.process is not None)
         assert pod.process is not None
-        await asyncio.wait_for(pod.process.wait(), 20)
+        await asyncio.wait_for(pod.process.wait(), 60)
         assert pod.log_file is not None
         text = pod.log_file.read_text()
         assert "cannot start" in text and pod.process.returncode == 2

@@ -340,9 +340,9 @@ async def test_real_kubectl_bodies(tmp_path: Path) -> None:
     async def run(*args: str) -> bytes:
         proc = await asyncio.create_subprocess_exec(
             kubectl, f"--kubeconfig={kubeconfig}", f"--cache-dir={tmp_path / 'cache'}",
-            "--request-timeout=5s", *args, env=env,
+            "--request-timeout=60s", *args, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 20)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, (args, err.decode())
         return out
 
@@ -368,7 +368,7 @@ async def test_real_kubectl_bodies(tmp_path: Path) -> None:
             kubectl, f"--kubeconfig={kubeconfig}", f"--cache-dir={tmp_path / 'cache'}",
             "create", "deployment", "d", "--image=nginx", env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        await asyncio.wait_for(proc.wait(), 20)
+        await asyncio.wait_for(proc.wait(), 60)
         assert len(bodies) == 1
         with pytest.raises(ProtobufError, match="Deployment"):
             decode(bodies[0][2])
