@@ -72,6 +72,8 @@ class Agent:
         self.elector = LeaderElector(
             kube, name=settings.lease_name, namespace=settings.agent_namespace,
             identity=settings.identity, lease_duration=settings.lease_duration_seconds,
+            renew_deadline=settings.renew_deadline_seconds,
+            retry_period=settings.retry_period_seconds,
             on_change=self._on_leadership) if settings.leader_election else None
         self.controller = TopologyController(
             kube, lambda: self.intake.desired, on_pass=self._on_pass,
@@ -267,7 +269,8 @@ class Agent:
     def _supervise(self) -> None:
         sup, c = self.supervisor, self.controller
         live = self.settings.liveness_seconds
-        sup.add("spec-watcher", self.intake.watcher.run)
+        sup.add("nats-link", self.intake.watcher.link.run)
+        sup.add("spec-follower", self.intake.watcher.follow)
         sup.add("publisher", self.publisher.run)
         sup.add("nats-state", self._watch_connection)
         sup.add("status-timer", self._status_timer)
@@ -313,6 +316,7 @@ class Agent:
                 code = 1
             log.info("shutting down")
             self.stopping = True
+            await self.supervisor.retire("spec-follower", "nats-link")
             await self.intake.stop()
             finished = await self.controller.drain(self.settings.shutdown_grace_seconds)
             if not finished:

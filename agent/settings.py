@@ -40,7 +40,15 @@ class Settings(BaseSettings):
                           description="this replica's identity for leader election")
     leader_election: bool = True
     lease_name: str = "outpost-agent"
-    lease_duration_seconds: float = Field(default=15.0, gt=1)
+    lease_duration_seconds: float = Field(
+        default=15.0, gt=1, description="how long a lease holds after its last renewal, as "
+        "measured by each replica's own monotonic clock (remote timestamps are never trusted)")
+    renew_deadline_seconds: float | None = Field(
+        default=None, gt=0, description="a leader that cannot renew its lease for this long "
+        "stops writing; shorter than the lease duration (default 2/3 of it)")
+    retry_period_seconds: float | None = Field(
+        default=None, gt=0, description="how often the leader renews and candidates retry "
+        "(default 2/15 of the lease duration)")
     resync_seconds: float = Field(default=30.0, gt=0)
     status_interval_seconds: float = Field(default=30.0, gt=0)
     http_host: str = "0.0.0.0"

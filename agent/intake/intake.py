@@ -78,9 +78,10 @@ class Intake:
     async def stop(self) -> None:
         if self._retry is not None:
             self._retry.cancel()
-        await self.watcher.stop()
         if self._task is not None:
+            self._task.cancel()
             await asyncio.wait({self._task})
+        await self.watcher.stop()
 
     async def on_candidate(self, raw: bytes, kv_revision: int) -> None:
         """Check one value from the bucket; accept it (save, then publish) or reject it."""

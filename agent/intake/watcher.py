@@ -1,11 +1,16 @@
 """Receive candidate specs for this cluster from the JetStream KV bucket, for as long as it takes.
 
 The management plane may be unreachable for minutes or months; the agent keeps enforcing its
-cached spec meanwhile, so this watcher is a background task that nothing else waits on. It
-connects (retrying forever with capped, jittered exponential backoff, since nats-py's own
-initial connect retries at a fixed short interval), lets nats-py reconnect, and re-creates the
-KV watch after every reconnect: the server may have lost the watch's ephemeral consumer, and a
-fresh watch re-delivers the latest value, so nothing published during an outage is missed.
+cached spec meanwhile, so this follower is a background task that nothing else waits on.
+
+It holds no JetStream consumer. nats-server 2.15 refuses the 1,001st consumer on a stream, so
+one KV watch per agent would stop a fleet at 1,000 clusters. Instead the follower subscribes
+(plain core NATS) to its key's subject, `$KV.<bucket>.<cluster>`, and treats each message there
+only as a doorbell: it then reads the key's latest value with a direct get, which also gives the
+KV revision. It reads too on every (re)connect, since puts made while the link was down were
+not delivered, and every `resync_interval`, in case a doorbell was lost. Only the latest value
+matters for a spec, and repeats are no-ops for the intake, so nothing is missed and nothing is
+applied twice. The per-cluster permissions stay tight: subscribe to one subject, direct-get one.
 """
 
 from __future__ import annotations
@@ -13,18 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE
 
-from agent.spec.wire import SPECS_BUCKET
+from agent.runtime.backoff import Backoff
+from agent.runtime.natslink import LinkSettings, NatsLink, Quiet
+from agent.spec.wire import SPECS_BUCKET, kv_subject
 
 __all__ = ["BUCKET", "OnCandidate", "SpecWatcher", "WatcherSettings"]
 
@@ -38,7 +43,7 @@ OnCandidate = Callable[[bytes, int], Awaitable[None]]
 
 @dataclass(frozen=True)
 class WatcherSettings:
-    """Where and how to watch. Times are in seconds; tests shorten the backoffs."""
+    """Where and how to follow. Times are in seconds; tests shorten the backoffs."""
 
     servers: Sequence[str]
     cluster: str
@@ -47,13 +52,12 @@ class WatcherSettings:
     bucket: str = BUCKET
     connect_timeout: float = 2.0
     reconnect_time_wait: float = 0.5
-    # A dead link (NAT timeout, cut fibre) shows no TCP error; pings find it within ~interval*3.
     ping_interval: float = 20.0
     max_outstanding_pings: int = 2
     request_timeout: float = 5.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
-    # Re-create the watch after this long without a delivery, in case it died silently.
+    # Read the key again after this long without a doorbell, in case one was lost.
     resync_interval: float = 600.0
 
     def __post_init__(self) -> None:
@@ -62,75 +66,45 @@ class WatcherSettings:
         if not _KEY.match(self.cluster):
             raise ValueError(f"cluster {self.cluster!r} is not usable as a KV key")
 
-
-def _redacted(servers: Sequence[str]) -> str:
-    """Server URLs for a log line, without any user:password they carry."""
-    out = []
-    for server in servers:
-        parts = urlsplit(server)
-        if parts.username or parts.password:
-            parts = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2])
-        out.append(urlunsplit(parts))
-    return ", ".join(out)
-
-
-class _Backoff:
-    """Capped exponential delays with jitter, so a fleet of agents does not retry in lockstep."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self._initial, self._max, self._attempt = initial, maximum, 0
-
-    def next(self) -> float:
-        base = min(self._max, self._initial * 2.0 ** min(self._attempt, 32))
-        self._attempt += 1
-        return base / 2 + random.uniform(0, base / 2)
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
-class _Quiet:
-    """Log a repeated error once a minute, not on every retry of a months-long outage."""
-
-    def __init__(self, every: float = 60.0) -> None:
-        self._every, self._last, self._at = every, "", -1e9
-
-    def __call__(self, text: str) -> None:
-        now = time.monotonic()
-        if text != self._last or now - self._at >= self._every:
-            self._last, self._at = text, now
-            log.warning("%s", text)
-        else:
-            log.debug("%s", text)
+    def link(self) -> LinkSettings:
+        """The connection settings; replies come back under `_INBOX.<cluster>` so a server's
+        permissions can keep each cluster to its own inbox."""
+        return LinkSettings(
+            servers=self.servers, name=self.name, user_credentials=self.user_credentials,
+            inbox_prefix=f"_INBOX.{self.cluster}", connect_timeout=self.connect_timeout,
+            reconnect_time_wait=self.reconnect_time_wait, ping_interval=self.ping_interval,
+            max_outstanding_pings=self.max_outstanding_pings,
+            request_timeout=self.request_timeout, backoff_initial=self.backoff_initial,
+            backoff_max=self.backoff_max)
 
 
 class SpecWatcher:
-    """Delivers every value put under `<cluster>` in the spec bucket to `on_candidate`.
+    """Delivers the latest value under `<cluster>` in the spec bucket to `on_candidate`.
 
     `on_candidate(raw, kv_revision)` is awaited in order, one value at a time; its exceptions are
-    logged and do not stop the watch. Delete and purge markers are logged and skipped: an
+    logged and do not stop the follower. Delete and purge markers are logged and skipped: an
     operator removing the key must not make the agent drop its spec. The latest value is
-    delivered again after every reconnect, so the callback must treat repeats as no-ops.
+    delivered again after every reconnect and resync, so the callback must treat repeats as
+    no-ops.
+
+    It runs on `link` (the daemon's one NATS connection) or, without one, on a link of its own
+    that `run()` also runs.
     """
 
-    def __init__(self, settings: WatcherSettings, on_candidate: OnCandidate) -> None:
+    def __init__(self, settings: WatcherSettings, on_candidate: OnCandidate, *,
+                 link: NatsLink | None = None) -> None:
         self.settings = settings
         self._on_candidate = on_candidate
-        self._nc: Client | None = None
-        self._connected = False
-        self._resubscribe = asyncio.Event()
-        self._task: asyncio.Task[Any] | None = None
-        self._quiet = _Quiet()
-        self._last_error = ""
-        #: Set on every connected/disconnected transition; a waiter clears it, then reads
-        #: `connected`.
-        self.state_changed = asyncio.Event()
-        #: Set while connected, clear while not.
-        self.connected_event = asyncio.Event()
+        self._own_link = link is None
+        self.link = link or NatsLink(settings.link())
+        self._poke = asyncio.Event()
+        self._quiet = Quiet(log)
+        self._last_revision = 0
+        self.link.listen(self._on_link)
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self.link.connected
 
     @property
     def status_nc(self) -> Client | None:
@@ -139,195 +113,109 @@ class SpecWatcher:
         It may be reconnecting: check `connected`, and give every request a timeout, since a
         request made while the server is down hangs until then.
         """
-        return self._nc
+        return self.link.nc
+
+    @property
+    def state_changed(self) -> asyncio.Event:
+        return self.link.state_changed
+
+    @property
+    def connected_event(self) -> asyncio.Event:
+        return self.link.connected_event
+
+    def _on_link(self, connected: bool) -> None:
+        if connected:
+            self._poke.set()  # whatever was put while we were away: read it now
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Connect, watch, reconnect, forever; returns only by cancellation (see stop())."""
-        self._task = asyncio.current_task()
-        backoff = _Backoff(self.settings.backoff_initial, self.settings.backoff_max)
-        try:
-            while True:
-                nc = await self._connect(backoff)
-                try:
-                    await self._session(nc, backoff)
-                finally:
-                    self._nc = None  # first, so our own close is not logged as a lost link
-                    self._set_connected(False)
-                    await self._close(nc)
-                log.warning("NATS connection closed; connecting again")
-                await asyncio.sleep(backoff.next())
-        finally:
-            self._set_connected(False)
+        """Follow the key (and keep the link up, if it is our own); returns only by
+        cancellation."""
+        if not self._own_link:
+            await self.follow()
+            return
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.link.run(), name="nats-link")
+            tg.create_task(self.follow(), name="spec-follower")
 
     async def stop(self) -> None:
-        """Stop the task running run() and drain the connection."""
-        task, self._task = self._task, None
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.wait({task})
-        nc, self._nc = self._nc, None
-        if nc is not None:
-            await self._close(nc)
-        self._set_connected(False)
+        """Stop the link (if our own) and the tasks running on it."""
+        if self._own_link:
+            await self.link.stop()
 
-    # -- connection ------------------------------------------------------------------------------
-    async def _connect(self, backoff: _Backoff) -> Client:
+    # -- following -------------------------------------------------------------------------------
+    async def follow(self) -> None:
+        """Subscribe to the key's subject on each new client and read the key whenever poked."""
         s = self.settings
-        # nats-py's connect() never gives up with max_reconnect_attempts=-1, retrying every
-        # reconnect_time_wait; bound each attempt to about one pass over the servers instead.
-        window = s.connect_timeout * (len(s.servers) + 1) + s.reconnect_time_wait
-        while True:
-            nc = Client()
-            options: dict[str, Any] = {
-                "servers": list(s.servers), "name": s.name, "connect_timeout": s.connect_timeout,
-                "allow_reconnect": True, "max_reconnect_attempts": -1,
-                "reconnect_time_wait": s.reconnect_time_wait, "ping_interval": s.ping_interval,
-                "max_outstanding_pings": s.max_outstanding_pings,
-                "drain_timeout": s.request_timeout, **self._callbacks(nc)}
-            if s.user_credentials:
-                options["user_credentials"] = s.user_credentials
-            self._last_error = ""
-            try:
-                await asyncio.wait_for(nc.connect(**options), window)
-            except asyncio.CancelledError:
-                await self._close(nc)
-                raise
-            except Exception as e:  # any failure means: wait and try again, forever
-                await self._close(nc)
-                delay = backoff.next()
-                self._quiet(f"cannot connect to NATS at {_redacted(s.servers)}: "
-                            f"{self._last_error or repr(e)}; next try in {delay:.1f}s")
-                await asyncio.sleep(delay)
-                continue
-            self._nc = nc
-            self._set_connected(True)
-            url = nc.connected_url
-            log.info("connected to NATS at %s", f"{url.hostname}:{url.port}" if url else "?")
-            return nc
-
-    def _callbacks(self, nc: Client) -> dict[str, Callable[..., Awaitable[None]]]:
-        """Callbacks bound to one client, so a discarded client cannot change the state."""
-
-        async def error_cb(e: Exception) -> None:
-            self._last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            if nc is self._nc:
-                self._quiet(f"NATS: {self._last_error}")
-
-        async def disconnected_cb() -> None:
-            if nc is self._nc and self._connected:
-                log.warning("lost the NATS connection; reconnecting (the cached spec stays "
-                            "in force)")
-                self._set_connected(False)
-
-        async def reconnected_cb() -> None:
-            if nc is self._nc:
-                log.info("reconnected to NATS; re-creating the spec watch")
-                self._set_connected(True)
-                self._resubscribe.set()
-
-        async def closed_cb() -> None:
-            if nc is self._nc:
-                self._set_connected(False)
-                self._resubscribe.set()
-
-        return {"error_cb": error_cb, "disconnected_cb": disconnected_cb,
-                "reconnected_cb": reconnected_cb, "closed_cb": closed_cb}
-
-    def _set_connected(self, value: bool) -> None:
-        if value != self._connected:
-            self._connected = value
-            self.state_changed.set()
-        if value:
-            self.connected_event.set()
-        else:
-            self.connected_event.clear()
-
-    async def _close(self, nc: Client) -> None:
-        """Drain if possible, else close; bounded, and never raises."""
-        if nc.is_closed:
-            return
-        connected = nc.is_connected
-        try:
-            if connected:
-                await asyncio.wait_for(nc.drain(), self.settings.request_timeout + 1)
-        except Exception as e:
-            log.debug("draining the NATS connection failed: %r", e)
-        if not nc.is_closed:
-            # A client stuck reconnecting has nothing to flush: do not wait on it at shutdown.
-            limit = self.settings.request_timeout + 1 if connected else 0.5
-            try:
-                await asyncio.wait_for(nc.close(), limit)
-            except Exception as e:
-                log.debug("closing the NATS connection failed: %r", e)
-
-    # -- the watch -------------------------------------------------------------------------------
-    async def _session(self, nc: Client, backoff: _Backoff) -> None:
-        """(Re)create the KV watch until the client closes for good."""
-        s = self.settings
-        js = nc.jetstream(timeout=s.request_timeout)
-        backoff.reset()
-        while not nc.is_closed:
-            self._resubscribe.clear()
-            if not nc.is_connected:  # requests now would only hang until their timeout
-                await self._resubscribe.wait()
-                continue
-            try:
-                kv = await js.key_value(s.bucket)
-                watcher = await kv.watch(s.cluster)
-            except Exception as e:  # bucket not created yet, JetStream not ready, timeout, ...
-                delay = backoff.next()
-                self._quiet(f"cannot watch {s.bucket}/{s.cluster}: {e!r}; retrying in "
-                            f"{delay:.1f}s")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._resubscribe.wait(), delay)
-                continue
-            backoff.reset()
-            log.info("watching %s/%s for specs", s.bucket, s.cluster)
-            try:
-                await self._pump(watcher)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(watcher.stop(),  # type: ignore[no-untyped-call]
-                                           s.request_timeout)
-
-    async def _pump(self, watcher: KeyValue.KeyWatcher) -> None:
-        """Deliver entries until a reconnect, close or quiet period calls for a new watch."""
-        resubscribe = asyncio.ensure_future(self._resubscribe.wait())
-        entry: asyncio.Future[KeyValue.Entry | None] | None = None
+        subject = kv_subject(s.bucket, s.cluster)
+        backoff = Backoff(s.backoff_initial, s.backoff_max)
+        subscribed: Client | None = None
+        sub = None
         try:
             while True:
-                entry = asyncio.ensure_future(anext(watcher))
-                done, _ = await asyncio.wait({entry, resubscribe},
-                                             timeout=self.settings.resync_interval,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if entry not in done:
-                    if not done:
-                        log.info("no spec update for %.0fs; re-creating the watch",
-                                 self.settings.resync_interval)
-                    return
+                await self.link.connected_event.wait()
+                nc = self.link.nc
+                if nc is None:
+                    await asyncio.sleep(s.reconnect_time_wait)
+                    continue
+                if nc is not subscribed:
+                    # nats-py renews a subscription itself after a reconnect, but not on a new
+                    # client (the link replaces a client that closed for good).
+                    sub = await nc.subscribe(subject, cb=self._doorbell)
+                    subscribed = nc
+                    log.info("following %s/%s for specs", s.bucket, s.cluster)
+                    self._poke.set()
+                if not self._poke.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._poke.wait(), s.resync_interval)
+                    if not self._poke.is_set():
+                        log.debug("no spec doorbell for %.0fs; reading the key anyway",
+                                  s.resync_interval)
+                self._poke.clear()
+                if not self.link.connected:
+                    continue
                 try:
-                    value = entry.result()
-                except StopAsyncIteration:
-                    return
-                await self._deliver(value)
+                    await self._read(nc)
+                    backoff.reset()
+                except (nats.errors.Error, TimeoutError) as e:
+                    delay = backoff.next()
+                    self._quiet(f"cannot read {s.bucket}/{s.cluster}: {e!r}; retrying in "
+                                f"{delay:.1f}s")
+                    self._poke.set()
+                    await asyncio.sleep(delay)
         finally:
-            resubscribe.cancel()
-            if entry is not None:
-                entry.cancel()  # before the watcher stops, so it cannot end with an error
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
-    async def _deliver(self, entry: KeyValue.Entry | None) -> None:
-        if entry is None:
-            log.debug("the watch delivered the current value(s)")
-            return
-        if entry.key != self.settings.cluster:
-            return
-        if entry.operation in (KV_DEL, KV_PURGE):
-            log.warning("spec key %s/%s was %s at KV revision %s; ignoring it and keeping the "
-                        "spec in force", self.settings.bucket, entry.key,
-                        "deleted" if entry.operation == KV_DEL else "purged", entry.revision)
-            return
+    async def _doorbell(self, _msg: object) -> None:
+        self._poke.set()
+
+    async def _read(self, nc: Client) -> None:
+        s = self.settings
+        js = nc.jetstream(timeout=s.request_timeout)
+        stream, subject = f"KV_{s.bucket}", kv_subject(s.bucket, s.cluster)
         try:
-            await self._on_candidate(entry.value or b"", entry.revision or 0)
+            try:
+                # A direct get names the key in its subject, so permissions can allow exactly
+                # this one; buckets created without allow_direct have no responder for it.
+                msg = await js.get_msg(stream, subject=subject, direct=True)
+            except nats.errors.NoRespondersError:
+                msg = await js.get_msg(stream, subject=subject)
+        except nats.js.errors.NotFoundError:
+            log.debug("no spec for %s in %s yet", s.cluster, s.bucket)
+            return
+        revision = int(msg.seq or 0)
+        op = (msg.headers or {}).get(KV_OP)
+        if op in (KV_DEL, KV_PURGE):
+            if revision != self._last_revision:
+                log.warning("spec key %s/%s was %s at KV revision %s; ignoring it and keeping "
+                            "the spec in force", s.bucket, s.cluster,
+                            "deleted" if op == KV_DEL else "purged", revision)
+            self._last_revision = revision
+            return
+        self._last_revision = revision
+        try:
+            await self._on_candidate(msg.data or b"", revision)
         except Exception:
-            log.exception("handling spec candidate at KV revision %s failed", entry.revision)
+            log.exception("handling spec candidate at KV revision %s failed", revision)

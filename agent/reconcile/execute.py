@@ -16,9 +16,9 @@ from typing import Any
 from agent.kube import resources as r
 from agent.kube.errors import KubeError
 from agent.kube.types import KubeClient, Obj, Resource
-from agent.plan import Action, Apply, Plan
+from agent.plan import AGENT_FIELD_MANAGER, Action, Apply, Plan
 
-FIELD_MANAGER = "outpost-agent"
+FIELD_MANAGER = AGENT_FIELD_MANAGER
 _REF_KEYS = ("infrastructureRef", "configRef")
 
 
@@ -91,6 +91,15 @@ async def execute(kube: KubeClient, plan: Plan, *, field_manager: str = FIELD_MA
         try:
             if isinstance(action, Apply):
                 res = resource_for(action.kind, action.body.get("apiVersion"))
+                if action.claim is not None:
+                    # Become the only owner of the fields the agent is the authority for, so
+                    # the apply below removes what the spec no longer says. The resourceVersion
+                    # is a precondition: on 409 the next pass plans again from fresh data.
+                    await kube.patch(res, action.name, {"metadata": {
+                        "managedFields": list(action.claim.managed_fields),
+                        "resourceVersion": action.claim.resource_version}},
+                        action.body.get("metadata", {}).get("namespace"),
+                        field_manager=field_manager)
                 result: Obj | None = await kube.apply(res, action.body,
                                                       field_manager=field_manager, force=True)
             else:

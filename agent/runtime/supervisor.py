@@ -154,6 +154,23 @@ class Supervisor:
         self._done.set()
         return sorted(t.get_name() for t in late)
 
+    async def retire(self, *names: str, timeout: float = 5.0) -> None:
+        """Stop these tasks for good (a shutdown step that must come before the others): they
+        are cancelled and never restarted."""
+        tasks = []
+        for name in names:
+            sup = self._tasks.pop(name, None)
+            if sup is None:
+                continue
+            self.up.labels(task=name).set(0)
+            if sup.waiting is not None:
+                sup.waiting.cancel()
+            if sup.task is not None and not sup.task.done():
+                sup.task.cancel()
+                tasks.append(sup.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     def _start(self, sup: _Supervised) -> None:
         sup.waiting = None
         if self._stopping:
@@ -166,10 +183,9 @@ class Supervisor:
         try:
             await sup.factory()
         except asyncio.CancelledError:
-            if self._stopping:
-                raise
-            self._failed_once(sup, None, "was cancelled")
-            return
+            if not self._stopping and self._tasks.get(sup.name) is sup:
+                self._failed_once(sup, None, "was cancelled")
+            raise
         except Exception as e:
             log.error("task %s failed", sup.name, exc_info=e,
                       extra={"task": sup.name, "component": self.component})

@@ -67,7 +67,7 @@ async def test_a_task_that_keeps_failing_fails_the_process() -> None:
 
     sup.add("broken", broken)
     sup.add("other", other)
-    with pytest.raises(SupervisorFailed, match="broken.*ValueError"):
+    with pytest.raises(SupervisorFailed, match=r"broken.*ValueError"):
         await asyncio.wait_for(sup.run(), 30)
     alive, why = sup.liveness()
     assert not alive and "broken" in why
@@ -100,11 +100,13 @@ async def test_failures_far_apart_do_not_add_up() -> None:
     sup = Supervisor(component="test", backoff_initial=0.001, backoff_max=0.002,
                      max_failures=2, stable_after=60.0, clock=clock)
     fail = asyncio.Event()
+    started = asyncio.Event()
     runs = 0
 
     async def rare() -> None:
         nonlocal runs
         runs += 1
+        started.set()
         await fail.wait()
         fail.clear()
         raise RuntimeError("rare")
@@ -112,10 +114,12 @@ async def test_failures_far_apart_do_not_add_up() -> None:
     sup.add("rare", rare)
     running = asyncio.create_task(sup.run())
     for expected in (2, 3, 4):
+        await asyncio.wait_for(started.wait(), 30)
+        started.clear()
         clock.now += 120  # it ran well for two minutes before each failure
         fail.set()
-        while runs < expected:
-            await asyncio.sleep(0.001)
+        await asyncio.wait_for(started.wait(), 30)
+        assert runs == expected
     assert not running.done()
     await sup.stop()
     await running
