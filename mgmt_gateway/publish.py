@@ -173,6 +173,9 @@ class SpecPublisher:
             try:
                 kv = await js.create_key_value(KeyValueConfig(
                     bucket=self.bucket, history=self.history, storage=StorageType.FILE,
+                    # Agents read their key with a direct get, which names the key in its
+                    # subject, so each cluster's permissions allow exactly its own.
+                    direct=True,
                     description="Outpost signed cluster specs, one key per cluster"))
                 log.info("created KV bucket %s (history %d)", self.bucket, self.history)
             except nats.js.errors.BadRequestError as e:

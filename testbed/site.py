@@ -145,7 +145,7 @@ class Site:
                 kv = await js.key_value(SPECS_BUCKET)
             except Exception:
                 kv = await js.create_key_value(KeyValueConfig(bucket=SPECS_BUCKET,
-                                                              history=10))
+                                                              history=10, direct=True))
             return int(await kv.put(CLUSTER, raw))
         finally:
             await nc.close()

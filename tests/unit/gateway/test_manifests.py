@@ -362,7 +362,14 @@ def test_the_example_agent_writes_only_its_own_keys(nats: list[Obj]) -> None:
     publish = user[:user.index("subscribe:")]
     plain = {s for s in re.findall(r'"([^"]+)"', publish) if not s.startswith("$JS.")}
     assert plain == {"$KV.outpost-status.edge-1", "outpost.events.edge-1"}
-    assert "$JS.API.CONSUMER.CREATE.KV_outpost-specs.*.$KV.outpost-specs.edge-1" in publish
+    js = {s for s in re.findall(r'"([^"]+)"', publish) if s.startswith("$JS.")}
+    # Its spec by a direct get of its own key only; no consumer on the shared specs stream.
+    assert "$JS.API.DIRECT.GET.KV_outpost-specs.$KV.outpost-specs.edge-1" in js
+    assert not [s for s in js if "CONSUMER" in s or s.endswith((">", "*"))]
+    subscribe = user[user.index("subscribe:"):]
+    subscribe = subscribe[:subscribe.index("]")]
+    assert set(re.findall(r'"([^"]+)"', subscribe)) == {"_INBOX.edge-1.>",
+                                                          "$KV.outpost-specs.edge-1"}
 
 
 def test_nats_server_accepts_the_configuration(nats: list[Obj], tmp_path: Path) -> None:
