@@ -404,8 +404,10 @@ class Registry:
                     f"{field} of type {go_type}")
 
     def _record(self, rt: ResourceType, old: Obj | None, new: Obj, manager: str,
-                subresource: str | None, version: str | None) -> None:
-        managed = list((old or {}).get("metadata", {}).get("managedFields") or [])
+                subresource: str | None, version: str | None,
+                start: list[Any] | None = None) -> None:
+        managed = list((old or {}).get("metadata", {}).get("managedFields") or []) \
+            if start is None else list(start)
         new["metadata"]["managedFields"] = fieldmanager.record_update(
             old, new, managed, manager=manager, api_version=rt.api_version(version),
             subresource=subresource, lists=self.lists_for(rt, version), now=now_rfc3339(),
@@ -472,6 +474,8 @@ class Registry:
                precondition_rv: str | None = None, managed_fields: list[Any] | None = None) -> Obj:
         new = self._check_body(rt, copy.deepcopy(body), version)
         meta = new["metadata"]
+        proposed = {"metadata": {"managedFields": meta["managedFields"]}} \
+            if "managedFields" in meta else {}
         if meta.get("name") and meta["name"] != name:
             raise errors.bad_request(f"the name of the object ({meta['name']}) does not match "
                                      f"the name on the URL ({name})")
@@ -530,10 +534,13 @@ class Registry:
         if managed_fields is not None:
             meta["managedFields"] = managed_fields
         else:
-            meta["managedFields"] = copy.deepcopy(old_meta.get("managedFields") or [])
+            # As the real server does: managedFields rewritten by the client are the starting
+            # point (how a controller takes over fields from an old manager), else the live ones.
+            start = fieldmanager.managed_fields_for_update(old, proposed, subresource=subresource)
+            meta["managedFields"] = start
             if not meta["managedFields"]:
                 meta.pop("managedFields")
-            self._record(rt, old, new, manager, subresource, version)
+            self._record(rt, old, new, manager, subresource, version, start=start)
         if self._same(old, new):
             # A no-op write changes nothing, not even the resourceVersion: no event is sent.
             return self._served(rt, copy.deepcopy(old), version)

@@ -19,8 +19,7 @@ from agent.kube.types import Resource
 from agent.plan import AGENT_FIELD_MANAGER, Apply, Observed, Plan, plan_topology
 from agent.spec import ClusterSpec, capi
 from mgmt_gateway.render import capi as render
-from testbed.apiserver import ApiServer, fieldmanager
-from testbed.apiserver.registry import now_rfc3339
+from testbed.apiserver import ApiServer
 
 NS = "default"
 KEY_A = "ssh-ed25519 AAAAC3NzaA ops@site"
@@ -42,34 +41,8 @@ def make_spec(**over: Any) -> ClusterSpec:
     return ClusterSpec.model_validate(base)
 
 
-@pytest.fixture
-def honors_managed_fields(capi_api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """kube-apiserver takes managedFields a client sends in an update or patch as the new
-    base and records the write's own changes on top (how Flux and client-go's csaupgrade
-    migrate ownership). The emulator keeps the live ones instead; until it does the same, this
-    stands in for that one step, using the emulator's own bookkeeping functions."""
-    registry = capi_api.registry
-    original = registry.update
-
-    def update(rt: Any, ns: str | None, name: str, body: Any, **kw: Any) -> Any:
-        old = registry.store.peek(rt.key, (ns or "", name))
-        sent = (body.get("metadata") or {}).get("managedFields") if isinstance(body, dict) \
-            else None
-        if old is not None and sent is not None and not kw.get("subresource") and \
-                kw.get("managed_fields") is None and sent != old["metadata"].get("managedFields"):
-            base = fieldmanager.managed_fields_for_update(old, body)
-            kw["managed_fields"] = fieldmanager.record_update(
-                old, body, base, manager=kw.get("manager", ""),
-                api_version=rt.api_version(kw.get("version")), subresource=None,
-                lists=registry.lists_for(rt, kw.get("version")), now=now_rfc3339())
-        return original(rt, ns, name, body, **kw)
-
-    monkeypatch.setattr(registry, "update", update)
-
-
 @pytest_asyncio.fixture
-async def kc(capi_api: ApiServer, kubeconfig: Path,
-             honors_managed_fields: None) -> AsyncIterator[ApiKubeClient]:
+async def kc(capi_api: ApiServer, kubeconfig: Path) -> AsyncIterator[ApiKubeClient]:
     # The default user agent, as the gateway's pivot client uses it.
     async with await ApiKubeClient.from_kubeconfig(kubeconfig, request_timeout=5) as c:
         yield c
