@@ -23,6 +23,7 @@ from agent.kube import ApiKubeClient
 from agent.settings import Settings
 from agent.spec import ClusterSpec, capi, public_key_text, sign
 from agent.spec.wire import SPECS_BUCKET
+from mgmt_gateway.render import capi as render_capi
 
 from .apiserver import ApiServer
 from .capi import CapiSimulator, SimConfig
@@ -56,8 +57,7 @@ def make_spec(**kw: Any) -> ClusterSpec:
 def pivoted_objects(spec: ClusterSpec) -> list[dict[str, Any]]:
     """What the gateway leaves in the workload cluster after the pivot (one CP machine)."""
     cp_template = capi.machine_template(spec, capi.ROLE_CONTROL_PLANE)
-    kcp = capi.control_plane_fields(spec, spec.kubernetes_version,
-                                    cp_template["metadata"]["name"])
+    kcp = render_capi.control_plane(spec, cp_template["metadata"]["name"])
     kcp["spec"]["replicas"] = 1
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
@@ -195,7 +195,7 @@ class Site:
         for obj in pivoted_objects(make_spec()):
             rt = api.registry.type_by_kind(obj["apiVersion"], obj["kind"])
             assert rt is not None
-            api.registry.create(rt, obj["metadata"].get("namespace"), obj, manager="clusterctl")
+            api.registry.create(rt, obj["metadata"].get("namespace"), obj, manager="outpost-pivot")
         return site
 
     async def close(self) -> None:
