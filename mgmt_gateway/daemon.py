@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
-import nats
 from aiohttp import web
+from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from agent.kube import ApiKubeClient, KubeClient, KubeError
 from agent.kube import resources as r
-from agent.runtime import Backoff
+from agent.runtime.natslink import LinkSettings, NatsLink
 from agent.runtime.supervisor import Supervisor
 from agent.spec import logfmt, public_key_text
 from agent.spec.envelope import explain_settings
@@ -38,80 +36,13 @@ from .state import RecordStore
 log = logging.getLogger("outpost.gateway")
 
 
-class NatsLink:
-    """One reconnecting NATS connection shared by the publisher and the status collector.
-
-    `run` lasts as long as the gateway: it connects (retrying with the shared backoff), then
-    waits while the client reconnects by itself, and connects afresh should the client ever
-    close for good.
-    """
-
-    def __init__(self, servers: list[str], credentials: Path | None,
-                 retry_max: float = 30.0) -> None:
-        self.servers = servers
-        self.credentials = credentials
-        self.retry_max = retry_max
-        self.nc: Any = None
-        self._last_error_log = -1e9
-        self._closed = asyncio.Event()
-        self._closing = False
-
-    def __call__(self) -> Any:
-        return self.nc if self.nc is not None and self.nc.is_connected else None
-
-    async def run(self) -> None:
-        backoff = Backoff(min(0.5, self.retry_max), self.retry_max)
-        while not self._closing:
-            if self.nc is not None:
-                await self._closed.wait()
-                self._closed.clear()
-                if self.nc.is_closed and not self._closing:
-                    log.warning("the NATS connection closed; connecting afresh")
-                    self.nc = None
-                continue
-            try:
-                opts: dict[str, Any] = {"servers": self.servers, "max_reconnect_attempts": -1,
-                                        "reconnect_time_wait": 0.5, "connect_timeout": 2,
-                                        "name": "outpost-gateway",
-                                        "error_cb": self._error,
-                                        "disconnected_cb": self._disconnected,
-                                        "reconnected_cb": self._reconnected,
-                                        "closed_cb": self._on_closed}
-                if self.credentials:
-                    opts["user_credentials"] = str(self.credentials)
-                self.nc = await asyncio.wait_for(nats.connect(**opts), 10)
-                backoff.reset()
-                log.info("connected to NATS")
-            except Exception as e:  # keep trying: the API works without NATS meanwhile
-                delay = backoff.next()
-                log.warning("cannot connect to NATS (%s); retrying in %.1fs", e, delay)
-                await asyncio.sleep(delay)
-
-    async def _on_closed(self) -> None:
-        self._closed.set()
-
-    # One line per event instead of the client's default tracebacks; a link that flaps for
-    # hours must not flood the log.
-    async def _error(self, e: Exception) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._last_error_log > 60:
-            self._last_error_log = now
-            log.warning("NATS: %s: %s", type(e).__name__, e)
-
-    async def _disconnected(self) -> None:
-        log.warning("lost the NATS connection; reconnecting")
-
-    async def _reconnected(self) -> None:
-        log.info("reconnected to NATS")
-
-    async def close(self) -> None:
-        self._closing = True
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 5)
-
-
 class Gateway:
+    def _nc(self) -> Client | None:
+        """The shared client while it is connected (publisher and collector never wait on a
+        reconnecting one)."""
+        nc = self.nats.nc
+        return nc if nc is not None and nc.is_connected else None
+
     def __init__(self, settings: GatewaySettings, management: KubeClient) -> None:
         self.settings = settings
         self.management = management
@@ -123,10 +54,13 @@ class Gateway:
             component="gateway", registry=self.registry,
             backoff_initial=min(0.5, settings.retry_max_seconds),
             backoff_max=settings.retry_max_seconds)
-        self.nats = NatsLink(settings.nats_servers, settings.nats_credentials,
-                             settings.retry_max_seconds)
-        self.publisher = SpecPublisher(self.nats, key)
-        self.statuses = StatusCollector(self.nats, backoff_max=settings.retry_max_seconds)
+        self.nats = NatsLink(LinkSettings(
+            servers=settings.nats_servers, name="outpost-gateway",
+            user_credentials=str(settings.nats_credentials) if settings.nats_credentials
+            else None, backoff_initial=min(0.5, settings.retry_max_seconds),
+            backoff_max=settings.retry_max_seconds))
+        self.publisher = SpecPublisher(self._nc, key)
+        self.statuses = StatusCollector(self._nc, backoff_max=settings.retry_max_seconds)
         self.store = RecordStore(management, settings.namespace)
         creds = (settings.agent_nats_credentials_file.read_text()
                  if settings.agent_nats_credentials_file else None)
@@ -188,7 +122,7 @@ class Gateway:
             if not supervised.done():
                 supervised.cancel()
             await asyncio.gather(supervised, return_exceptions=True)
-            await self.nats.close()
+            await self.nats.stop()
             await runner.cleanup()
 
 
