@@ -313,6 +313,7 @@ def _summary_fields(deps: ApiDeps, rec: ClusterRecord, obs: ObservedStatus | Non
         "last_seen": obs.last_seen if obs else None,
         "agent_phase": report.phase if report else None,
         "last_error": report.last_error if report else None,
+        "conditions": list(report.conditions) if report else [],
         "failed_reason": rec.failed_reason,
         "bootstrap_error": rec.last_error,
     }
@@ -333,6 +334,7 @@ def _unreadable_summary(deps: ApiDeps, u: Unreadable, obs: ObservedStatus | None
         last_seen=obs.last_seen if obs else None,
         agent_phase=report.phase if report else None,
         last_error=report.last_error if report else None,
+        conditions=list(report.conditions) if report else [],
         unreadable_reason=f"{u.describe()}. To fix it, {u.remedy()}")
 
 

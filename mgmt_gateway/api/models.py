@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from agent.spec import ClusterSpec, StatusReport
+from agent.spec import ClusterSpec, Condition, StatusReport
 from agent.spec.models import Model
 
 from ..state import Phase
@@ -54,6 +54,10 @@ class ClusterSummary(Model):
     agent_phase: str | None = Field(default=None,
                                     description="Pending, Applying, Converged or Degraded")
     last_error: str | None = Field(default=None, description="the agent's last error")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="the agent's conditions as last reported: Ready, SpecApplied, ... and one "
+                    "per plan note that holds now (DowngradeRefused, WaitingForRollout, ...)")
     failed_reason: str | None = None
     bootstrap_error: str | None = Field(
         default=None, description="why the gateway's last attempt at the current step failed; "

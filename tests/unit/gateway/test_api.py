@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.kube import ApiKubeClient
 from agent.kube import resources as r
-from agent.spec import StatusReport
+from agent.spec import Condition, StatusReport
 from mgmt_gateway.api import PROBLEM_JSON, ApiDeps, make_app
 from mgmt_gateway.publish import ObservedStatus
 from mgmt_gateway.state import ClusterRecord, RecordStore
@@ -116,11 +116,11 @@ async def problem(resp: Any, status: int) -> dict[str, Any]:
 
 
 def report(name: str, applied: int, *, connected: bool = True,
-           error: str | None = None) -> StatusReport:
+           error: str | None = None, conditions: tuple[Condition, ...] = ()) -> StatusReport:
     return StatusReport(cluster=name, observed_revision=applied, applied_revision=applied,
                         phase="Converged" if error is None else "Degraded",
                         connected=connected, last_error=error, agent_version="0.1.0",
-                        reported_at=datetime.now(UTC))
+                        reported_at=datetime.now(UTC), conditions=conditions)
 
 
 # -- create -------------------------------------------------------------------------------------
@@ -280,7 +280,11 @@ async def test_fleet_view_joins_records_and_agent_reports(gw: Gw) -> None:
     await gw.store.update(rec.advanced("CapiCreated").model_copy(
         update={"published_revision": 1}))
     now = datetime.now(UTC)
-    gw.statuses["edge-1"] = ObservedStatus(report("edge-1", 1, error="disk pressure"),
+    refused = Condition(type="DowngradeRefused", status="True", reason="DowngradeRefused",
+                        message="the spec asks for v1.34.1 but the control plane runs v1.35.2",
+                        last_transition_time=now)
+    gw.statuses["edge-1"] = ObservedStatus(report("edge-1", 1, error="disk pressure",
+                                                  conditions=(refused,)),
                                            last_seen=now, kv_revision=7)
     resp = await gw.get("/v1/clusters")
     assert resp.status == 200
@@ -291,6 +295,9 @@ async def test_fleet_view_joins_records_and_agent_reports(gw: Gw) -> None:
     assert one["appliedRevision"] == 1 and one["inSync"] is True
     assert one["connected"] is True and one["agentPhase"] == "Degraded"
     assert one["lastError"] == "disk pressure"
+    [cond] = one["conditions"]  # plan notes reach the fleet view as conditions
+    assert cond["type"] == "DowngradeRefused" and cond["status"] == "True"
+    assert "v1.34.1" in cond["message"]
     assert datetime.fromisoformat(one["lastSeen"]) == now
     assert two["phase"] == "Requested" and two["connected"] is False
     assert "appliedRevision" not in two and two["inSync"] is False
