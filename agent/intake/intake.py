@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent.runtime.backoff import delay as backoff_delay
 from agent.spec import ClusterSpec
 
 from .cache import SpecCache
@@ -114,7 +115,8 @@ class Intake:
             self._publish(spec)
 
     async def _retry_later(self, raw: bytes, kv_revision: int) -> None:
-        await asyncio.sleep(self._save_retry)
+        # Jittered like every retry: a fleet whose disks filled up at once must not retry in step.
+        await asyncio.sleep(backoff_delay(0, self._save_retry, self._save_retry))
         self._retry = None  # from here on a new candidate waits for us instead of cancelling us
         await self.on_candidate(raw, kv_revision)
 
