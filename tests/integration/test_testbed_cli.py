@@ -15,7 +15,7 @@ from tests.fixtures.tools import kubectl_binary
 
 
 async def wait_for_files(paths: list[Path], proc: asyncio.subprocess.Process,
-                         timeout: float = 30) -> None:
+                         timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while not all(p.exists() for p in paths):
         assert proc.returncode is None, "testbed exited before it was ready"
