@@ -204,11 +204,26 @@ class Runtime:
                 if not h.cancelled() and (ns is None or k[1] == ns)]
 
     async def wait_idle(self) -> None:
+        """Return once the queue is empty; raise if the worker has died (it would never be)."""
         while True:
-            await self._idle.wait()
+            await self._idle_or_dead()
             await asyncio.sleep(0)
             if self._idle.is_set():
                 return
+
+    async def _idle_or_dead(self) -> None:
+        worker = self._tasks[0] if self._tasks else None
+        if worker is None:
+            await self._idle.wait()
+            return
+        idle = asyncio.ensure_future(self._idle.wait())
+        try:
+            await asyncio.wait({idle, worker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+        if worker.done() and not self._idle.is_set():
+            cause = None if worker.cancelled() else worker.exception()
+            raise RuntimeError("the simulator's worker has stopped") from cause
 
     async def _resync(self) -> None:
         while True:
