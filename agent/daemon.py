@@ -29,6 +29,7 @@ from agent.metrics import Metrics
 from agent.plan.certs import earliest_expiry
 from agent.reconcile import PassResult, TopologyController
 from agent.report import EventType, Outbox, Publisher, compute_status
+from agent.report.status import note_conditions
 from agent.runtime import LeaderElector
 from agent.runtime.supervisor import Supervisor, SupervisorFailed
 from agent.settings import Settings
@@ -169,8 +170,6 @@ class Agent:
         """Plan notes are conditions: an Event when one starts holding and when it clears."""
         if result.error is not None and result.observed is None:
             return  # nothing was planned: the notes still hold as far as we know
-        from agent.report.status import note_conditions
-
         notes = note_conditions((n.reason, n.message) for n in result.notes)
         for reason, message in notes.items():
             if self.notes.get(reason) != message:

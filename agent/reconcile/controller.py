@@ -78,13 +78,6 @@ class TopologyController:
             log.debug("reconcile triggered: %s", why)
         self.queue.add(KEY)
 
-    async def run(self) -> None:
-        """All three loops in one task group (for embedding without a supervisor)."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.worker(), name="reconcile-worker")
-            tg.create_task(self.resync_loop(), name="reconcile-resync")
-            tg.create_task(self.informers_loop(), name="informers")
-
     async def drain(self, grace: float) -> bool:
         """Stop taking work; wait up to `grace` for the pass in flight. True if it finished."""
         self.queue.shutdown()
