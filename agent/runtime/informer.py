@@ -37,7 +37,8 @@ class Informer:
         self.label_selector = label_selector
         self.on_change = on_change
         self.watch_timeout = watch_timeout
-        #: Monotonic time of the last list, event or watch renewal: a stuck watch stops it.
+        #: Monotonic time of the last list, event, watch renewal or retry: only a call that
+        #: never returns (a stuck watch) stops it.
         self.progress = time.monotonic()
         self.items: dict[str, Obj] = {}
         self.synced = asyncio.Event()
@@ -71,6 +72,9 @@ class Informer:
                 log.debug("%s watch expired; relisting", self.res.plural)
             except Exception as e:
                 self.synced.clear()  # until relisted, passes read from the API directly
+                # A failing API is not a stuck informer: retrying counts as progress, so an
+                # outage of the API server does not make the kubelet restart the agent.
+                self.progress = time.monotonic()
                 delay = backoff.next()
                 if isinstance(e, KubeError):
                     log.warning("watch on %s failed, relisting in %.1fs: %s", self.res.plural,
