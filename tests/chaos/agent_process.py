@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class AgentProcess:
             "OUTPOST_AGENT_LEASE_DURATION_SECONDS": "2",
             "OUTPOST_AGENT_RETRY_MAX_SECONDS": "0.5",
             "OUTPOST_AGENT_SHUTDOWN_GRACE_SECONDS": "5",
+            "PYTHONFAULTHANDLER": "1",  # SIGABRT dumps every thread's stack into the log
         }
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
@@ -63,6 +65,18 @@ class AgentProcess:
                 await self.kill9()
         assert self.proc.returncode is not None
         return self.proc.returncode
+
+    async def dump_and_abort(self) -> None:
+        """For a failure report: the stacks of a stuck agent, then it is gone."""
+        if not self.running:
+            return
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGABRT)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            await self.kill9()
 
     @property
     def running(self) -> bool:

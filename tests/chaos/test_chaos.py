@@ -154,19 +154,30 @@ class Chaos:
         self.want: Want | None = None
         self.baseline: Baseline | None = None
         self.context = f"seed={SEED}"
+        self.injected = 0
+        self.last_status: str | None = None
 
-    def fail(self, message: str) -> None:
-        pytest.fail(f"[{self.context}] {message}\n--- agent log (tail) ---\n"
-                    f"{self.agent.tail()}", pytrace=False)
+    async def fail(self, message: str, stuck: bool = False) -> None:
+        """Fail with the replay context, the last status read and the agent's log; an agent
+        that is stuck first dumps its threads' stacks there."""
+        if stuck:
+            if self.want is not None:
+                await self.status_problems(datetime.now(UTC))  # refreshes last_status
+            await self.agent.dump_and_abort()
+        pytest.fail(f"[{self.context}] {message}\n--- last status read ---\n"
+                    f"{self.last_status}\n--- agent log (tail) ---\n{self.agent.tail(12000)}",
+                    pytrace=False)
 
     # -- faults --------------------------------------------------------------------------
     async def run_round(self, rnd: Round) -> None:
         self.context = f"seed={SEED} {rnd.describe()}"
         print(rnd.describe(), flush=True)
+        injected = self.site.api.faults.injected
         for step, arg in rnd.steps:
             await self.step(step, arg, rnd)
             await asyncio.sleep(self.rng.uniform(0.1, 1.0))
         self.site.api.faults.clear()
+        self.injected = self.site.api.faults.injected - injected
 
     async def step(self, step: str, arg: Any, rnd: Round) -> None:
         site = self.site
@@ -278,7 +289,9 @@ class Chaos:
         nc = await self.site.nats_client()
         try:
             kv = await nc.jetstream().key_value(STATUS_BUCKET)
-            status = json.loads((await kv.get(CLUSTER)).value)
+            raw = (await kv.get(CLUSTER)).value
+            self.last_status = raw.decode()
+            status = json.loads(raw)
         except Exception as e:
             return [f"status unreadable: {type(e).__name__}: {e}"]
         finally:
@@ -303,15 +316,16 @@ class Chaos:
         problems: list[str] = []
         while True:
             if not self.agent.running:
-                self.fail(f"the agent exited with code {self.agent.exit_code}")
+                await self.fail(f"the agent exited with code {self.agent.exit_code}")
             problems = self.cluster_problems()
             if not problems:
                 problems = await self.status_problems(quiet_at)
                 if not problems:
                     return
             if time.monotonic() > deadline:
-                self.fail(f"not converged to revision {self.want and self.want.revision}: "
-                          + "; ".join(problems))
+                await self.fail(f"not converged to revision "
+                                f"{self.want and self.want.revision}: " + "; ".join(problems),
+                                stuck=True)
             await asyncio.sleep(0.2)
 
     async def check_leaks(self) -> None:
@@ -324,16 +338,18 @@ class Chaos:
         fds = min(s[0] for s in samples)
         threads_seen = [s[1] for s in samples if s[1] is not None]
         threads = min(threads_seen) if threads_seen else None
-        print(f"  converged: fds={fds} threads={threads}", flush=True)
+        print(f"  converged: revision {self.want and self.want.revision}, "
+              f"{self.injected} API faults injected, agent fds={fds} threads={threads}",
+              flush=True)
         base = self.baseline
         if base is None or base.starts != self.agent.starts:
             self.baseline = Baseline(self.agent.starts, fds, threads)
             return
         if fds > base.fds + FD_MARGIN:
-            self.fail(f"file descriptors grew from {base.fds} to {fds}")
+            await self.fail(f"file descriptors grew from {base.fds} to {fds}")
         if threads is not None and base.threads is not None and \
                 threads > base.threads + THREAD_MARGIN:
-            self.fail(f"threads grew from {base.threads} to {threads}")
+            await self.fail(f"threads grew from {base.threads} to {threads}")
 
 
 async def run_chaos(site: Site, root: Path, seed: int, rounds: int) -> None:
@@ -348,7 +364,7 @@ async def run_chaos(site: Site, root: Path, seed: int, rounds: int) -> None:
             await chaos.check_leaks()
         code = await agent.stop()
         if code != 0:
-            chaos.fail(f"the agent exited with code {code} on SIGTERM after the chaos")
+            await chaos.fail(f"the agent exited with code {code} on SIGTERM after the chaos")
     finally:
         if agent.running:
             await agent.kill9()
