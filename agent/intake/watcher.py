@@ -39,6 +39,7 @@ BUCKET = SPECS_BUCKET
 _KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 
 OnCandidate = Callable[[bytes, int], Awaitable[None]]
+_LAG_READS = 8  # re-reads after a doorbell that showed nothing new (about 2 s in all)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ class SpecWatcher:
         self.link = link or NatsLink(settings.link())
         self._poke = asyncio.Event()
         self._quiet = Quiet(log)
-        self._last_revision = 0
+        self._last_revision = 0  # KV revision of the last value read (0: none yet)
+        self._rung = False  # a doorbell rang since the last read
         self.link.listen(self._on_link)
 
     @property
@@ -149,6 +151,8 @@ class SpecWatcher:
         s = self.settings
         subject = kv_subject(s.bucket, s.cluster)
         backoff = Backoff(s.backoff_initial, s.backoff_max)
+        lag = Backoff(0.02, 0.5)
+        lag_reads = 0
         subscribed: Client | None = None
         sub = None
         try:
@@ -172,11 +176,26 @@ class SpecWatcher:
                         log.debug("no spec doorbell for %.0fs; reading the key anyway",
                                   s.resync_interval)
                 self._poke.clear()
+                rung, self._rung = self._rung, False
                 if not self.link.connected:
                     continue
                 try:
+                    before = self._last_revision
                     await self._read(nc)
                     backoff.reset()
+                    # A doorbell can arrive before the stream has stored the value (the server
+                    # delivers to subscribers and to the stream at once), or for a put the
+                    # stream refused (a lost compare-and-set): read again a few times before
+                    # concluding there is nothing new. The doorbell's own bytes are never used,
+                    # as they may never have been stored.
+                    if rung and self._last_revision <= before and lag_reads < _LAG_READS:
+                        lag_reads += 1
+                        self._rung = True
+                        self._poke.set()
+                        await asyncio.sleep(lag.next())
+                    else:
+                        lag_reads = 0
+                        lag.reset()
                 except (nats.errors.Error, TimeoutError) as e:
                     delay = backoff.next()
                     self._quiet(f"cannot read {s.bucket}/{s.cluster}: {e!r}; retrying in "
@@ -189,6 +208,7 @@ class SpecWatcher:
                     await sub.unsubscribe()
 
     async def _doorbell(self, _msg: object) -> None:
+        self._rung = True
         self._poke.set()
 
     async def _read(self, nc: Client) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
@@ -246,5 +247,26 @@ async def test_periodic_resync_is_harmless(
         await put_spec(kv, 2)
         await eventually(lambda: agent.revision == 2)
         assert agent.rejected == [] and [s.revision for s in agent.desired] == [1, 2]
+    finally:
+        await nc.close()
+
+
+async def test_a_put_the_stream_refused_is_never_taken_for_a_spec(
+        nats_server: NatsServer, agent_factory: Callable[..., Agent]) -> None:
+    """The doorbell (a plain subscription on the key's subject) also rings for a put the stream
+    refuses, e.g. a compare-and-set a gateway replica lost: only what the bucket stored counts."""
+    nc, kv = await gateway(nats_server.url)
+    try:
+        await put_spec(kv, 1)
+        agent = agent_factory(nats_server.url)
+        await agent.intake.start()
+        await eventually(lambda: agent.revision == 1)
+        refused = sign(make_spec(revision=7), GATEWAY)
+        with pytest.raises(nats.js.errors.APIError):
+            await nc.jetstream().publish(f"$KV.{BUCKET}.{CLUSTER}", refused,
+                                         headers={"Nats-Expected-Last-Subject-Sequence": "999"})
+        await put_spec(kv, 2)  # stored: this one counts
+        await eventually(lambda: agent.revision == 2)
+        assert [s.revision for s in agent.desired] == [1, 2] and agent.rejected == []
     finally:
         await nc.close()
