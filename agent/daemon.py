@@ -315,6 +315,7 @@ class Agent:
                 code = 1
             log.info("shutting down")
             self.stopping = True
+            self.supervisor.quiesce()
             await self.supervisor.retire("spec-follower", "nats-link")
             await self.intake.stop()
             finished = await self.controller.drain(self.settings.shutdown_grace_seconds)

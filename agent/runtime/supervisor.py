@@ -154,6 +154,11 @@ class Supervisor:
         self._done.set()
         return sorted(t.get_name() for t in late)
 
+    def quiesce(self) -> None:
+        """A shutdown has begun: tasks may now end (a worker draining its queue) without being
+        restarted or counted as failures."""
+        self._stopping = True
+
     async def retire(self, *names: str, timeout: float = 5.0) -> None:
         """Stop these tasks for good (a shutdown step that must come before the others): they
         are cancelled and never restarted."""

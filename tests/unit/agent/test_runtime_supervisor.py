@@ -159,3 +159,28 @@ def test_backoff_grows_is_capped_and_never_zero() -> None:
     assert delay(1000, 0.1, 30.0) <= 30.0
     with pytest.raises(ValueError, match="exceeds its maximum"):
         Backoff(10, 1)
+
+
+async def test_after_quiesce_a_task_may_end_without_a_restart() -> None:
+    """A shutdown drains the work queue first: the worker then returns, which is no failure."""
+    registry = CollectorRegistry()
+    sup = Supervisor(component="test", registry=registry, backoff_initial=0.001,
+                     backoff_max=0.002)
+    done = asyncio.Event()
+    started = asyncio.Event()
+    runs = 0
+
+    async def worker() -> None:
+        nonlocal runs
+        runs += 1
+        started.set()
+        await done.wait()
+
+    sup.add("worker", worker)
+    running = asyncio.create_task(sup.run())
+    await asyncio.wait_for(started.wait(), 30)
+    sup.quiesce()
+    done.set()
+    await sup.stop()
+    await running
+    assert runs == 1 and restarts(registry, "worker") == 0
