@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -42,41 +42,24 @@ OnCandidate = Callable[[bytes, int], Awaitable[None]]
 _LAG_READS = 8  # re-reads after a doorbell that showed nothing new (about 2 s in all)
 
 
-@dataclass(frozen=True)
-class WatcherSettings:
-    """Where and how to follow. Times are in seconds; tests shorten the backoffs."""
+@dataclass(frozen=True, kw_only=True)
+class WatcherSettings(LinkSettings):
+    """The link's settings plus what to follow. Times are in seconds; tests shorten them."""
 
-    servers: Sequence[str]
     cluster: str
     name: str = "outpost-agent"
-    user_credentials: str | None = None  # path of a NATS .creds file
     bucket: str = BUCKET
-    connect_timeout: float = 2.0
-    reconnect_time_wait: float = 0.5
-    ping_interval: float = 20.0
-    max_outstanding_pings: int = 2
-    request_timeout: float = 5.0
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
     # Read the key again after this long without a doorbell, in case one was lost.
     resync_interval: float = 600.0
 
     def __post_init__(self) -> None:
-        if not self.servers:
-            raise ValueError("at least one NATS server URL is required")
+        super().__post_init__()
         if not _KEY.match(self.cluster):
             raise ValueError(f"cluster {self.cluster!r} is not usable as a KV key")
-
-    def link(self) -> LinkSettings:
-        """The connection settings; replies come back under `_INBOX.<cluster>` so a server's
-        permissions can keep each cluster to its own inbox."""
-        return LinkSettings(
-            servers=self.servers, name=self.name, user_credentials=self.user_credentials,
-            inbox_prefix=f"_INBOX.{self.cluster}", connect_timeout=self.connect_timeout,
-            reconnect_time_wait=self.reconnect_time_wait, ping_interval=self.ping_interval,
-            max_outstanding_pings=self.max_outstanding_pings,
-            request_timeout=self.request_timeout, backoff_initial=self.backoff_initial,
-            backoff_max=self.backoff_max)
+        if self.inbox_prefix is None:
+            # Replies under `_INBOX.<cluster>`, so a server's permissions can keep each cluster
+            # to its own inbox.
+            object.__setattr__(self, "inbox_prefix", f"_INBOX.{self.cluster}")
 
 
 class SpecWatcher:
@@ -97,7 +80,7 @@ class SpecWatcher:
         self.settings = settings
         self._on_candidate = on_candidate
         self._own_link = link is None
-        self.link = link or NatsLink(settings.link())
+        self.link = link or NatsLink(settings)
         self._poke = asyncio.Event()
         self._quiet = Quiet(log)
         self._last_revision = 0  # KV revision of the last value read (0: none yet)
