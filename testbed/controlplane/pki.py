@@ -1,0 +1,178 @@
+"""The certificates and keys one real control plane needs, as envtest makes them.
+
+Per simulated cluster: a CA; a serving certificate for kube-apiserver on loopback (127.0.0.1,
+::1, localhost and the in-cluster names); the service-account signing key pair; a client
+certificate for an administrator (group `system:masters`, which RBAC lets do anything); and a
+kubeconfig that kubectl and kubernetes_asyncio use unchanged. Keys are ECDSA P-256 except the
+service-account key, which is RSA because every version of every component accepts it.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["Pki", "make_pki", "write_kubeconfig"]
+
+SERVING_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                 "kubernetes.default.svc.cluster.local")
+SERVING_IPS = ("127.0.0.1", "::1")
+ADMIN_GROUP = "system:masters"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Paths of the PEM files in one directory."""
+
+    directory: Path
+
+    def _p(self, name: str) -> Path:
+        return self.directory / name
+
+    @property
+    def ca_cert(self) -> Path:
+        return self._p("ca.crt")
+
+    @property
+    def ca_key(self) -> Path:
+        return self._p("ca.key")
+
+    @property
+    def serving_cert(self) -> Path:
+        return self._p("apiserver.crt")
+
+    @property
+    def serving_key(self) -> Path:
+        return self._p("apiserver.key")
+
+    @property
+    def sa_key(self) -> Path:
+        return self._p("sa.key")
+
+    @property
+    def sa_pub(self) -> Path:
+        return self._p("sa.pub")
+
+    @property
+    def admin_cert(self) -> Path:
+        return self._p("admin.crt")
+
+    @property
+    def admin_key(self) -> Path:
+        return self._p("admin.key")
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def _ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def make_pki(directory: Path, *, cluster: str = "testbed", days: int = 365,
+             now: datetime | None = None) -> Pki:
+    """Create every file in `directory` (made if missing) and return their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = Pki(directory)
+    start = (now or datetime.now(UTC)) - timedelta(minutes=5)  # tolerate a little clock skew
+    end = start + timedelta(days=days)
+
+    ca_key = _ec_key()
+    ca_name = _name(f"{cluster}-ca")
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                       crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False,
+                                       decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    _write_key(pki.ca_key, ca_key)
+    _write_cert(pki.ca_cert, ca)
+
+    def leaf(cn: str, org: str | None, usage: x509.ObjectIdentifier,
+             san: x509.SubjectAlternativeName | None) -> tuple[x509.Certificate,
+                                                               ec.EllipticCurvePrivateKey]:
+        key = _ec_key()
+        builder = (x509.CertificateBuilder().subject_name(_name(cn, org)).issuer_name(ca_name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(start).not_valid_after(end)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                                  critical=True)
+                   .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False,
+                                                content_commitment=False,
+                                                data_encipherment=False, key_agreement=False,
+                                                key_cert_sign=False, crl_sign=False,
+                                                encipher_only=False, decipher_only=False),
+                                  critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       ca_key.public_key()), critical=False))
+        if san is not None:
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName(n) for n in SERVING_NAMES]
+        + [x509.IPAddress(ipaddress.ip_address(a)) for a in SERVING_IPS])
+    serving, serving_key = leaf("kube-apiserver", None, ExtendedKeyUsageOID.SERVER_AUTH, san)
+    _write_key(pki.serving_key, serving_key)
+    _write_cert(pki.serving_cert, serving)
+
+    admin, admin_key = leaf("outpost-admin", ADMIN_GROUP, ExtendedKeyUsageOID.CLIENT_AUTH, None)
+    _write_key(pki.admin_key, admin_key)
+    _write_cert(pki.admin_cert, admin)
+
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _write_key(pki.sa_key, sa_key)
+    pki.sa_pub.write_bytes(sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return pki
+
+
+def write_kubeconfig(path: Path, server: str, pki: Pki, *, name: str = "testbed") -> Path:
+    """A kubeconfig with the CA and the admin client certificate embedded (no file paths), so
+    it stays valid wherever it is copied."""
+    def b64(p: Path) -> str:
+        return base64.b64encode(p.read_bytes()).decode()
+
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": name, "preferences": {},
+        "clusters": [{"name": name, "cluster": {
+            "server": server, "certificate-authority-data": b64(pki.ca_cert)}}],
+        "users": [{"name": f"{name}-admin", "user": {
+            "client-certificate-data": b64(pki.admin_cert),
+            "client-key-data": b64(pki.admin_key)}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": f"{name}-admin"}}],
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
