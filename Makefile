@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STATE ?= .state
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean controlplane
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: lint  ## ruff, mypy --strict and the whole pytest suite
 
 bench: $(BIN)/.installed  ## print the benchmark figures
 	$(BIN)/python -m bench
+
+controlplane:  ## build etcd and kube-* from the pins in testbed/controlplane/go (needs Go >= 1.26); cached in ~/.cache/outpost
+	@command -v go >/dev/null 2>&1 || { echo "controlplane: go is not on PATH: install Go >= 1.26 (https://go.dev/dl/)" >&2; exit 1; }
+	$(PYTHON) testbed/controlplane/build.py
 
 clean:
 	rm -rf $(VENV) $(STATE) .pytest_cache .mypy_cache .ruff_cache
