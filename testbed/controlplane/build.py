@@ -310,6 +310,10 @@ def build(wrapper: Wrapper, todo: list[Component]) -> None:
             comp.path.parent.mkdir(parents=True, exist_ok=True)
             (Path(scratch) / binary_name(comp.package)).replace(comp.path)
             (comp.path.parent / STAMP).write_text(comp.stamp)
+    try:
+        out.rmdir()  # only when no other build is using it
+    except OSError:
+        pass
 
 
 def build_all() -> int:
