@@ -22,6 +22,7 @@ Python standard library is used; Go >= 1.26 is the one prerequisite.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -310,10 +311,8 @@ def build(wrapper: Wrapper, todo: list[Component]) -> None:
             comp.path.parent.mkdir(parents=True, exist_ok=True)
             (Path(scratch) / binary_name(comp.package)).replace(comp.path)
             (comp.path.parent / STAMP).write_text(comp.stamp)
-    try:
+    with contextlib.suppress(OSError):
         out.rmdir()  # only when no other build is using it
-    except OSError:
-        pass
 
 
 def build_all() -> int:
