@@ -17,9 +17,9 @@ demo: $(BIN)/.installed  ## the six steps end to end on the embedded testbed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/mypy agent mgmt_gateway testbed/natsd.py
+	$(BIN)/mypy agent mgmt_gateway testbed/natsd.py testbed/controlplane
 
-test: lint  ## ruff, mypy --strict and the whole pytest suite
+test: lint controlplane  ## ruff, mypy --strict, the real control plane (built or reused) and the whole pytest suite
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed  ## print the benchmark figures
