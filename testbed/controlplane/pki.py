@@ -29,46 +29,30 @@ SERVING_IPS = ("127.0.0.1", "::1")
 ADMIN_GROUP = "system:masters"
 
 
+class _File:
+    """A file of the PKI directory, named once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, pki: Pki, owner: type[Pki] | None = None) -> Path:
+        return pki.directory / self.name
+
+
 @dataclass(frozen=True)
 class Pki:
     """Paths of the PEM files in one directory."""
 
     directory: Path
 
-    def _p(self, name: str) -> Path:
-        return self.directory / name
-
-    @property
-    def ca_cert(self) -> Path:
-        return self._p("ca.crt")
-
-    @property
-    def ca_key(self) -> Path:
-        return self._p("ca.key")
-
-    @property
-    def serving_cert(self) -> Path:
-        return self._p("apiserver.crt")
-
-    @property
-    def serving_key(self) -> Path:
-        return self._p("apiserver.key")
-
-    @property
-    def sa_key(self) -> Path:
-        return self._p("sa.key")
-
-    @property
-    def sa_pub(self) -> Path:
-        return self._p("sa.pub")
-
-    @property
-    def admin_cert(self) -> Path:
-        return self._p("admin.crt")
-
-    @property
-    def admin_key(self) -> Path:
-        return self._p("admin.key")
+    ca_cert = _File("ca.crt")
+    ca_key = _File("ca.key")
+    serving_cert = _File("apiserver.crt")
+    serving_key = _File("apiserver.key")
+    sa_key = _File("sa.key")
+    sa_pub = _File("sa.pub")
+    admin_cert = _File("admin.crt")
+    admin_key = _File("admin.key")
 
 
 def _name(cn: str, org: str | None = None) -> x509.Name:
