@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
+from . import errors
 from .errors import ApiError
 
 _REASONS = {
@@ -89,3 +91,21 @@ class Faults:
                 raise ApiError(rule.code, reason, message,
                                retry_after=1 if rule.code in (429, 503) else None)
         self.rules = [r for r in self.rules if r.remaining > 0]
+
+
+def control(faults: Faults, body: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The `POST /testbed/faults` actions every fault front shares (emulator and proxy);
+    `extra` names the front's own actions, handled before, for the error message."""
+    action = body.get("action")
+    if action == "fail":
+        faults.fail_next(int(body.get("count", 1)), int(body.get("code", 500)),
+                         body.get("path"), body.get("method"))
+    elif action == "delay":
+        faults.delay_next(int(body.get("count", 1)), float(body.get("seconds", 1)),
+                          body.get("path"), body.get("method"))
+    elif action == "clear":
+        faults.clear()
+    else:
+        raise errors.bad_request("action must be one of: "
+                                 + ", ".join(("fail", "delay", "clear", *extra)))
+    return {"ok": True}

@@ -681,7 +681,7 @@ class Registry:
         names = crd["spec"]["names"]
         stored_versions = sorted(set((crd.get("status") or {}).get("storedVersions") or [])
                                  | {rt.storage_version})
-        status = {
+        status: dict[str, Any] = {
             "acceptedNames": {k: names[k] for k in ("plural", "singular", "kind", "listKind",
                                                     "shortNames", "categories") if k in names},
             "conditions": [

@@ -49,7 +49,9 @@ class LabelSelector:
 
 def _split_top(text: str) -> list[str]:
     """Split on commas that are not inside an `in (...)` set."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    depth = 0
+    cur: list[str] = []
     for ch in text:
         if ch == "(":
             depth += 1

@@ -20,11 +20,13 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+from kubernetes_asyncio import client
 
 from ..crds import load_documents
+from ..kubeconfig import write_kubeconfig
 from . import discovery, errors, fieldmanager, openapi
 from .errors import ApiError
-from .faults import Faults
+from .faults import Faults, control
 from .gc import ClusterControllers
 from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
 from .registry import Registry, now_rfc3339
@@ -170,7 +172,7 @@ class ApiServer:
         if not self.port:
             server = self._site._server
             assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
         await self.controllers.stop()
@@ -198,6 +200,28 @@ class ApiServer:
 
     def cut_watches(self) -> int:
         return self.store.close_watches()
+
+    # -- the face every testbed backend shows (testbed.backends.KubeApi) ----------------------
+    backend = "emulated"
+
+    @property
+    def watcher_count(self) -> int:
+        return self.store.watcher_count
+
+    async def install_crds(self, paths: list[Path]) -> int:
+        return self.load_crds(paths)
+
+    def client_configuration(self) -> client.Configuration:
+        """A kubernetes_asyncio configuration for this server (a bearer token, as a real one
+        would want)."""
+        cfg = client.Configuration()
+        cfg.host = self.url
+        cfg.api_key = {"authorization": "testbed"}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
+        return cfg
+
+    def write_kubeconfig(self, path: Path, context: str | None = None) -> Path:
+        return write_kubeconfig(path, context or self.name, self.url)
 
     def load_crds(self, paths: list[Path]) -> int:
         """Register CRDs from YAML files (each may hold several documents)."""
@@ -299,22 +323,12 @@ class ApiServer:
             raise ApiError(404, "NotFound", "unknown testbed control endpoint")
         body = await request.json()
         action = body.get("action")
-        if action == "fail":
-            self.faults.fail_next(int(body.get("count", 1)), int(body.get("code", 500)),
-                                  body.get("path"), body.get("method"))
-        elif action == "delay":
-            self.faults.delay_next(int(body.get("count", 1)), float(body.get("seconds", 1)),
-                                   body.get("path"), body.get("method"))
-        elif action == "clear":
-            self.faults.clear()
-        elif action == "cut-watches":
+        if action == "cut-watches":
             return web.json_response({"cut": self.cut_watches()})
-        elif action == "compact":
+        if action == "compact":
             self.store.compact()
-        else:
-            raise errors.bad_request(
-                "action must be one of: fail, delay, clear, cut-watches, compact")
-        return web.json_response({"ok": True})
+            return web.json_response({"ok": True})
+        return web.json_response(control(self.faults, body, extra=("cut-watches", "compact")))
 
     # -- resources -------------------------------------------------------------------------
     async def _resource(self, request: web.Request, r: Route) -> web.StreamResponse:

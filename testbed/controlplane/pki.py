@@ -9,17 +9,17 @@ service-account key, which is RSA because every version of every component accep
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from testbed import kubeconfig
 
 __all__ = ["Pki", "make_pki", "write_kubeconfig"]
 
@@ -143,20 +143,7 @@ def make_pki(directory: Path, *, cluster: str = "testbed", days: int = 365,
 
 
 def write_kubeconfig(path: Path, server: str, pki: Pki, *, name: str = "testbed") -> Path:
-    """A kubeconfig with the CA and the admin client certificate embedded (no file paths), so
-    it stays valid wherever it is copied."""
-    def b64(p: Path) -> str:
-        return base64.b64encode(p.read_bytes()).decode()
-
-    config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": name, "preferences": {},
-        "clusters": [{"name": name, "cluster": {
-            "server": server, "certificate-authority-data": b64(pki.ca_cert)}}],
-        "users": [{"name": f"{name}-admin", "user": {
-            "client-certificate-data": b64(pki.admin_cert),
-            "client-key-data": b64(pki.admin_key)}}],
-        "contexts": [{"name": name, "context": {"cluster": name, "user": f"{name}-admin"}}],
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-    return path
+    """A kubeconfig with the CA and the admin client certificate embedded (no file paths)."""
+    return kubeconfig.write_kubeconfig(path, name, server, ca=pki.ca_cert.read_bytes(),
+                                       cert=pki.admin_cert.read_bytes(),
+                                       key=pki.admin_key.read_bytes())

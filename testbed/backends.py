@@ -1,0 +1,53 @@
+"""The two API backends of the testbed, behind one face: the emulated API server (in-process,
+no Go needed, up in milliseconds) and a real control plane built from the pinned Go modules.
+
+Everything that needs a cluster API (the testbed, the test fixtures, the demo and the
+benchmarks) asks `make_api` for one, so a single switch picks the backend everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Protocol, get_args
+
+from kubernetes_asyncio import client
+
+from .apiserver import ApiServer
+from .apiserver.faults import Faults
+
+Backend = Literal["emulated", "real"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+
+
+class KubeApi(Protocol):
+    """What the testbed uses of a cluster's API, whichever backend serves it."""
+
+    backend: str
+    name: str
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def faults(self) -> Faults: ...
+    @property
+    def watcher_count(self) -> int: ...
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def go_down(self) -> None: ...
+    async def come_up(self) -> None: ...
+    def cut_watches(self) -> int: ...
+    async def install_crds(self, paths: list[Path]) -> int: ...
+    def client_configuration(self) -> client.Configuration: ...
+    def write_kubeconfig(self, path: Path, context: str | None = None) -> Path: ...
+
+
+def make_api(backend: Backend, name: str, root: Path, **emulated: Any) -> KubeApi:
+    """A not yet started API of `backend`; `root` holds a real one's data, certificates and
+    logs; `emulated` are ApiServer's keyword arguments (ports, bookmark interval)."""
+    if backend == "emulated":
+        return ApiServer(name, **emulated)
+    if backend == "real":
+        from .controlplane.api import RealApi
+        return RealApi(name, root)
+    raise ValueError(f"unknown API backend {backend!r}; use one of {', '.join(BACKENDS)}")
