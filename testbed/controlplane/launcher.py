@@ -25,6 +25,7 @@ from .pki import Pki, make_pki, write_kubeconfig
 __all__ = ["Binaries", "ControlPlane", "ControlPlaneError", "built_binaries", "free_port"]
 
 SERVICE_CIDR = "10.96.0.0/16"
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 _ATTEMPTS = 5
 _LOG_TAIL = 4000
 
@@ -124,6 +125,8 @@ class ControlPlane:
                     f"--authorization-kubeconfig={self.kubeconfig}",
                     "--leader-elect=false", "--bind-address=127.0.0.1",
                     f"--secure-port={free_port()}"])
+            if self.binaries.kube_controller_manager is not None:
+                await self._settled()
         except BaseException:
             await self.stop()
             raise
@@ -183,6 +186,36 @@ class ControlPlane:
                 f"--cert-dir={self.root / 'apiserver-certs'}"])
             if await self._ready(p, f"{self.url}/readyz", tls, attempt):
                 return
+
+    async def _settled(self) -> None:
+        """Wait for what every cluster has once its controller manager has run a moment: the
+        `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in each initial
+        namespace. Clients (and tests) then see a steady cluster, not one still filling in."""
+        assert self.pki is not None
+        tls = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        tls.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        paths = [f"/api/v1/namespaces/{ns}/{what}" for ns in INITIAL_NAMESPACES
+                 for what in ("serviceaccounts/default", "configmaps/kube-root-ca.crt")]
+        deadline = time.monotonic() + self.ready_timeout
+        async with aiohttp.ClientSession() as http:
+            for path in paths:
+                while True:
+                    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                        async with http.get(self.url + path, ssl=tls,
+                                            timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                            if resp.status == 200:
+                                break
+                    for p in self._procs:
+                        if p.proc.returncode is not None:
+                            raise ControlPlaneError(
+                                f"{p.name} exited with code {p.proc.returncode}; its log "
+                                f"({p.log}) ends with:\n{_tail(p.log)}")
+                    if time.monotonic() > deadline:
+                        raise ControlPlaneError(
+                            f"{path} never appeared in {self.ready_timeout:.0f}s: is "
+                            f"kube-controller-manager working? its log ends with:\n"
+                            f"{_tail(self.root / 'kube-controller-manager.log')}")
+                    await asyncio.sleep(0.05)
 
     async def _spawn(self, name: str, argv: list[str]) -> _Proc:
         log = self.root / f"{name}.log"
