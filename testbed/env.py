@@ -6,14 +6,16 @@ the tests prove.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .apiserver import ApiServer
+from .backends import Backend, make_api
 from .capi import CapiSimulator, SimConfig
 from .crds import crd_files
-from .kubeconfig import write_kubeconfig
 from .kubelet import Kubelet
 from .natsd import NatsServer
 
@@ -22,11 +24,22 @@ class Testbed:
     __test__ = False  # not a test class, despite the name
     def __init__(self, state_dir: Path, *, sim: SimConfig | None = None, nats: bool = True,
                  management_port: int = 0, workload_port: int = 0,
-                 kubelet: bool = True) -> None:
+                 kubelet: bool = True, api: Backend = "emulated") -> None:
         self.state_dir = state_dir
+        self.api = api
+        self.nats = NatsServer(state_dir / "nats") if nats else None
+        if api != "emulated":
+            # The simulated CAPI and the kubelet stand-in still work on the emulator's registry
+            # in-process; until they speak HTTP only, a real testbed is the two APIs and NATS.
+            self.management: Any = make_api(api, "management", state_dir / "management",
+                                            port=management_port)
+            self.workload: Any = make_api(api, "workload", state_dir / "workload",
+                                          port=workload_port)
+            self.management_capi = self.workload_capi = None
+            self.kubelet = None
+            return
         self.management = ApiServer("management", port=management_port)
         self.workload = ApiServer("workload", port=workload_port)
-        self.nats = NatsServer(state_dir / "nats") if nats else None
         cfg = sim or SimConfig()
         self.management_capi = CapiSimulator(
             self.management.registry, config=cfg,
@@ -61,18 +74,18 @@ class Testbed:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for f in (self.management_kubeconfig, self.workload_kubeconfig, self.nats_url_file):
             f.unlink(missing_ok=True)
-        await self.management.start()
-        self.management.load_crds(crd_files())
-        await self.workload.start()
-        self.management_capi.start()
-        self.workload_capi.start()
+        await asyncio.gather(self.management.start(), self.workload.start())
+        await self.management.install_crds(crd_files())
+        if self.management_capi is not None and self.workload_capi is not None:
+            self.management_capi.start()
+            self.workload_capi.start()
         if self.kubelet is not None:
             self.kubelet.api_url = self.workload.url  # known once the server listens
             self.kubelet.start()
         if self.nats is not None:
             await self.nats.start()
-        write_kubeconfig(self.management_kubeconfig, "management", self.management.url)
-        write_kubeconfig(self.workload_kubeconfig, "workload", self.workload.url)
+        self.management.write_kubeconfig(self.management_kubeconfig, "management")
+        self.workload.write_kubeconfig(self.workload_kubeconfig, "workload")
         if self.nats is not None:
             tmp = self.nats_url_file.with_suffix(".tmp")
             tmp.write_text(self.nats.url + "\n")
@@ -83,8 +96,9 @@ class Testbed:
             f.unlink(missing_ok=True)
         if self.kubelet is not None:
             await self.kubelet.stop()
-        await self.management_capi.stop()
-        await self.workload_capi.stop()
+        for capi in (self.management_capi, self.workload_capi):
+            if capi is not None:
+                await capi.stop()
         with contextlib.suppress(Exception):
             await self.workload.stop()
         with contextlib.suppress(Exception):

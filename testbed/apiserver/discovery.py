@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from ..controlplane import build
 from .resources import ResourceType, version_priority
 
-KUBE_VERSION = {"major": "1", "minor": "36", "gitVersion": "v1.36.0+outpost-testbed",
-                "gitCommit": "0000000000000000000000000000000000000000",
-                "gitTreeState": "clean", "buildDate": "2026-11-01T00:00:00Z",
-                "goVersion": "go1.25.0", "compiler": "gc", "platform": "linux/amd64"}
+
+def _kube_version() -> dict[str, str]:
+    """`/version` of the real kube-apiserver the testbed pins (testbed/controlplane/go/
+    kubernetes), so both backends report the same release."""
+    git_version = build.pinned(build.KUBERNETES)
+    m = re.match(r"v(\d+)\.(\d+)\.", git_version)
+    assert m is not None, git_version
+    major, minor = m.groups()
+    return {"major": major, "minor": minor, "emulationMajor": major, "emulationMinor": minor,
+            "minCompatibilityMajor": major, "minCompatibilityMinor": str(int(minor) - 1),
+            "gitVersion": git_version,
+            "gitCommit": "0000000000000000000000000000000000000000",
+            "gitTreeState": "clean", "buildDate": "2026-11-01T00:00:00Z",
+            "goVersion": "go1.26.0", "compiler": "gc", "platform": "linux/amd64"}
+
+
+KUBE_VERSION = _kube_version()
 
 
 def _resource_entries(rt: ResourceType) -> list[dict[str, Any]]:

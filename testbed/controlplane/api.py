@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -28,8 +30,9 @@ class RealApi:
     backend = "real"
 
     def __init__(self, name: str, root: Path, *, binaries: Binaries | None = None,
-                 controllers: bool = True) -> None:
+                 controllers: bool = True, port: int = 0) -> None:
         self.name = name
+        self.port = port
         self.root = root
         self._binaries = binaries
         self._controllers = controllers
@@ -60,6 +63,11 @@ class RealApi:
     def watcher_count(self) -> int:
         return self._require_proxy().watcher_count
 
+    @property
+    def requests(self) -> Counter[str]:
+        """Requests received, by method (through the proxy)."""
+        return self._require_proxy().requests
+
     async def start(self) -> None:
         began = time.monotonic()
         binaries = self._binaries or built_binaries()
@@ -68,7 +76,7 @@ class RealApi:
         self.control_plane = ControlPlane(self.root, binaries, name=self.name)
         await self.control_plane.start()
         assert self.control_plane.pki is not None
-        self.proxy = FaultProxy(self.control_plane.url, self.control_plane.pki)
+        self.proxy = FaultProxy(self.control_plane.url, self.control_plane.pki, port=self.port)
         try:
             await self.proxy.start()
         except BaseException:
@@ -87,6 +95,22 @@ class RealApi:
 
     async def come_up(self) -> None:
         await self._require_proxy().come_up()
+
+    async def compact(self) -> None:
+        """Compact etcd at its current revision, physically, through its JSON gateway (as the
+        API server's own compactor does every few minutes). kube-apiserver's watch cache keeps
+        serving what it holds; reads it delegates to etcd at an older revision answer 410."""
+        assert self.control_plane is not None
+        etcd = self.control_plane.etcd_url
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{etcd}/v3/kv/range", json={"key": "AA=="}) as r:  # key "\0"
+                r.raise_for_status()
+                revision = (await r.json(content_type=None))["header"]["revision"]
+            async with s.post(f"{etcd}/v3/kv/compaction",
+                              json={"revision": str(revision), "physical": True}) as r:
+                # Compacted there already (nothing was written since): nothing to do.
+                if r.status != 200 and "compacted" not in await r.text():
+                    r.raise_for_status()
 
     def cut_watches(self) -> int:
         return self._require_proxy().cut_watches()

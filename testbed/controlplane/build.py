@@ -62,6 +62,16 @@ KUBERNETES = Wrapper("kubernetes", "k8s.io/kubernetes", {
     for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 })
 WRAPPERS = (ETCD, KUBERNETES)
+
+
+def pinned(wrapper: Wrapper) -> str:
+    """The upstream version the wrapper's go.mod requires (read from the file: no Go needed)."""
+    gomod = (wrapper.dir / "go.mod").read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(wrapper.module)}\s+(v\S+)", gomod,
+                      re.MULTILINE)
+    if match is None:
+        raise BuildError(f"{wrapper.dir / 'go.mod'} does not require {wrapper.module}")
+    return match[1]
 WRAPPER_MODULE = "outpost.local/testbed/controlplane/{name}"
 
 

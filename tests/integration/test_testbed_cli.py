@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -10,8 +11,14 @@ import time
 from pathlib import Path
 
 import nats
+import pytest
 
+from testbed.apiserver.discovery import KUBE_VERSION
+from testbed.controlplane import build
 from tests.fixtures.tools import kubectl_binary
+
+SERVER_VERSION = {"emulated": KUBE_VERSION["gitVersion"],
+                  "real": build.pinned(build.KUBERNETES)}
 
 
 async def wait_for_files(paths: list[Path], proc: asyncio.subprocess.Process,
@@ -23,11 +30,14 @@ async def wait_for_files(paths: list[Path], proc: asyncio.subprocess.Process,
         await asyncio.sleep(0.05)
 
 
-async def test_up_serves_until_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", [
+    "emulated", pytest.param("real", marks=pytest.mark.real)])
+async def test_up_serves_until_sigterm(tmp_path: Path, backend: str) -> None:
     state = tmp_path / "state"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "testbed", "up", "--state-dir", str(state), "--step-delay",
-        "0.01", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "0.01", "--api", backend, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
     files = [state / "management.kubeconfig", state / "workload.kubeconfig", state / "nats.url"]
     try:
         await wait_for_files(files, proc)
@@ -44,6 +54,12 @@ async def test_up_serves_until_sigterm(tmp_path: Path) -> None:
                     in names
             else:
                 assert names == []  # the workload cluster starts bare
+            run = await asyncio.create_subprocess_exec(
+                kubectl_binary(), "--kubeconfig", str(kubeconfig), "version", "-o", "json",
+                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await run.communicate()
+            assert run.returncode == 0, err.decode()
+            assert json.loads(out)["serverVersion"]["gitVersion"] == SERVER_VERSION[backend]
         nc = await nats.connect(files[2].read_text().strip())
         js = nc.jetstream()
         kv = await js.create_key_value(bucket="probe")
