@@ -75,7 +75,8 @@ def invalid(qualified_kind: str, group: str, kind: str, name: str,
     """422 Invalid; `causes` are {reason, message, field} as the real server lists them."""
     msgs = [f"{c['field']}: {c['message']}" if c.get("field") else c["message"] for c in causes]
     joined = msgs[0] if len(msgs) == 1 else "[" + ", ".join(msgs) + "]"
-    details = {"name": name, "kind": kind, "causes": causes}
+    details: dict[str, Any] = {"name": name, "kind": kind, "causes": causes} if name else {
+        "kind": kind, "causes": causes}
     if group:
         details["group"] = group
     return ApiError(422, "Invalid", f'{qualified_kind} "{name}" is invalid: {joined}', details)

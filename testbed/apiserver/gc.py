@@ -11,13 +11,20 @@ import contextlib
 import copy
 import logging
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
+from ..controlplane.pki import make_ca, pem
 from .errors import ApiError
 from .registry import CRD_CLEANUP, CRD_KEY, NS_KEY, Registry, set_condition
 from .resources import ResourceType
 from .store import Event, Obj
 
 log = logging.getLogger(__name__)
+
+ROOT_CA = "kube-root-ca.crt"
+ROOT_CA_DOC = ("Contains a CA bundle that can be used to verify the kube-apiserver when using "
+               "internal endpoints such as the internal service IP or kubernetes.default.svc. "
+               "No other usage is guaranteed across distributions of Kubernetes clusters.")
 
 
 class ClusterControllers:
@@ -26,20 +33,42 @@ class ClusterControllers:
         self._delay = delay
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        now = datetime.now(UTC)
+        _, ca = make_ca("outpost-testbed-ca", now - timedelta(minutes=5),
+                        now + timedelta(days=3650))
+        self._root_ca = {"ca.crt": pem(ca).decode()}
         registry.store.subscribe(self._on_event)
         for ns in list(registry.store.items(NS_KEY)):  # the namespaces the cluster started with
-            self._default_service_account(ns["metadata"]["name"])
+            self._fill_namespace(ns["metadata"]["name"])
 
     def _on_event(self, ev: Event) -> None:
         self._wake.set()
         if ev.type == "ADDED" and ev.rkey == NS_KEY:
-            self._default_service_account(ev.obj["metadata"]["name"])
+            self._fill_namespace(ev.obj["metadata"]["name"])
 
-    def _default_service_account(self, ns: str) -> None:
-        rt = self.registry.type_for("", "v1", "serviceaccounts")
+    def _fill_namespace(self, ns: str) -> None:
+        """What kube-controller-manager puts in every namespace: the `default` ServiceAccount
+        and the cluster's CA bundle in the `kube-root-ca.crt` ConfigMap (the emulator serves
+        plain HTTP, so its CA signs nothing; clients only see that it is there)."""
+        sa = self.registry.type_for("", "v1", "serviceaccounts")
         with contextlib.suppress(ApiError):
-            self.registry.create(rt, ns, {"metadata": {"name": "default"}},
+            self.registry.create(sa, ns, {"metadata": {"name": "default"}},
                                  manager="kube-controller-manager")
+        self._publish_root_ca(ns)
+
+    def _publish_root_ca(self, ns: str) -> None:
+        cm = self.registry.type_for("", "v1", "configmaps")
+        current = self.registry.store.peek(cm.key, (ns, ROOT_CA))
+        if current is not None and current.get("data") == self._root_ca:
+            return
+        with contextlib.suppress(ApiError):
+            if current is None:
+                self.registry.create(cm, ns, {"metadata": {
+                    "name": ROOT_CA, "annotations": {"kubernetes.io/description": ROOT_CA_DOC}},
+                    "data": self._root_ca}, manager="kube-controller-manager")
+            else:
+                self.registry.update(cm, ns, ROOT_CA, {**current, "data": self._root_ca},
+                                     manager="kube-controller-manager")
 
     def start(self) -> None:
         if self._task is None:
@@ -85,6 +114,8 @@ class ClusterControllers:
         for ns in list(store.items(NS_KEY)):
             if ns["metadata"].get("deletionTimestamp"):
                 self._terminate_namespace(ns)
+            else:  # the root CA publisher puts back a bundle deleted or edited by hand
+                self._publish_root_ca(ns["metadata"]["name"])
         for crd in list(store.items(CRD_KEY)):
             if crd["metadata"].get("deletionTimestamp") and CRD_CLEANUP in (
                     crd["metadata"].get("finalizers") or []):

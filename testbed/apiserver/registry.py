@@ -248,6 +248,13 @@ class Registry:
             schema.apply_defaults(obj, sch)
             for fe in schema.validate(obj, sch):
                 causes.append(_cause(fe.path, fe.type, fe.detail))
+        if rt.scale:
+            for fe in schema.scale_errors(obj, rt.scale):
+                causes.append(_cause(fe.path, fe.type, fe.detail))
+        if sch is not None and schema.has_validation_rules(sch):
+            skipped = schema.cel_skipped([c["reason"] for c in causes])
+            if skipped is not None:
+                causes.append(_cause(skipped.path, skipped.type, skipped.detail))
         if rt.kind == "CustomResourceDefinition":
             causes.extend(self._validate_crd(obj))
         if causes:
@@ -471,7 +478,10 @@ class Registry:
     def update(self, rt: ResourceType, ns: str | None, name: str, body: Any, *,
                subresource: str | None = None, manager: str = "",
                version: str | None = None, dry_run: bool = False,
-               precondition_rv: str | None = None, managed_fields: list[Any] | None = None) -> Obj:
+               precondition_rv: str | None = None, managed_fields: list[Any] | None = None,
+               uid_precondition: bool = True) -> Obj:
+        """Replace an object (PUT); patches pass `uid_precondition=False`, as a patched uid is
+        an invalid change, not a precondition."""
         new = self._check_body(rt, copy.deepcopy(body), version)
         meta = new["metadata"]
         proposed = {"metadata": {"managedFields": meta["managedFields"]}} \
@@ -485,14 +495,21 @@ class Registry:
         old = self.store.peek(rt.key, (ns or "", name))
         if old is None:
             raise errors.not_found(rt.group, rt.plural, name)
+        old_meta = old["metadata"]
+        if uid_precondition and meta.get("uid") and meta["uid"] != old_meta["uid"]:
+            # A PUT's uid is a storage precondition, checked before anything else.
+            raise errors.conflict(rt.group, rt.plural, name, (
+                "StorageError: invalid object, Code: 4, Key: "
+                f"{rt.etcd_key(ns, name)}, ResourceVersion: 0, AdditionalErrorMsg: "
+                f"Precondition failed: UID in precondition: {meta['uid']}, UID in object meta: "
+                f"{old_meta['uid']}"))
         want_rv = meta.get("resourceVersion") or precondition_rv
         if want_rv and want_rv != old["metadata"]["resourceVersion"]:
             raise errors.conflict(rt.group, rt.plural, name, errors.STALE)
         if not want_rv and not self.allows_unconditional_update(rt):
             raise errors.invalid(rt.qualified_resource, rt.group, rt.plural, name, [_cause(
                 "metadata.resourceVersion", "FieldValueInvalid",
-                "Invalid value: 0x0: must be specified for an update")])
-        old_meta = old["metadata"]
+                "Invalid value: 0: must be specified for an update")])
         if subresource is None and meta.get("uid") and meta["uid"] != old_meta["uid"]:
             raise errors.invalid(rt.qualified_kind, rt.group, rt.kind, name, [_cause(
                 "metadata.uid", "FieldValueInvalid",

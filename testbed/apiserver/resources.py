@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .selectors import FieldLabels
+
 
 @dataclass(frozen=True)
 class PrinterColumn:
@@ -37,7 +39,7 @@ class ResourceType:
     storage_version: str = ""
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)  # version -> openAPIV3Schema
     columns: dict[str, list[PrinterColumn]] = field(default_factory=dict)
-    field_labels: tuple[str, ...] = ()
+    field_labels: tuple[str, ...] = ()  # a FieldLabels where the kind refuses others its way
     crd_name: str = ""
     create_only: bool = False  # a review: answered on create, never stored
 
@@ -63,13 +65,40 @@ class ResourceType:
     def qualified_resource(self) -> str:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
+    @property
+    def etcd_prefix(self) -> str:
+        """Where kube-apiserver keeps this kind in etcd (storage errors name the key): the
+        plural, but the group too for custom and aggregated kinds, and a few legacy names."""
+        if self.custom or self.group in ("apiextensions.k8s.io", "apiregistration.k8s.io"):
+            return f"/registry/{self.group}/{self.plural}"
+        return "/registry/" + _ETCD_PREFIXES.get(self.plural, self.plural)
+
+    def etcd_key(self, ns: str | None, name: str) -> str:
+        return f"{self.etcd_prefix}/{ns}/{name}" if self.namespaced and ns else \
+            f"{self.etcd_prefix}/{name}"
+
     def verbs(self) -> list[str]:
         if self.create_only:
             return ["create"]
         return ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
-_EVENT_FIELDS = (
+# Built-in kinds whose etcd prefix is not their plural (kept from older releases).
+_ETCD_PREFIXES = {
+    "services": "services/specs",
+    "endpoints": "services/endpoints",
+    "nodes": "minions",
+    "replicationcontrollers": "controllers",
+    "ingresses": "ingress",
+}
+
+def _legacy(*labels: str) -> FieldLabels:
+    """Field labels of a kind with its own conversion, which refuses others as "not
+    supported"."""
+    return FieldLabels(labels, "legacy")
+
+
+_EVENT_FIELDS = _legacy(
     "involvedObject.kind",
     "involvedObject.namespace",
     "involvedObject.name",
@@ -114,20 +143,23 @@ def builtin_types() -> list[ResourceType]:
     """The built-in kinds the project needs, with the flags real strategies give them."""
     return [
         _rt("", "v1", "Namespace", "namespaces", False, short_names=["ns"], status=True,
-            generation=False),
-        _rt("", "v1", "Secret", "secrets", generation=False, field_labels=("type",)),
+            generation=False, field_labels=_legacy("status.phase")),
+        _rt("", "v1", "Secret", "secrets", generation=False, field_labels=_legacy("type")),
         _rt("", "v1", "ConfigMap", "configmaps", short_names=["cm"], generation=False),
         _rt("", "v1", "ServiceAccount", "serviceaccounts", short_names=["sa"], generation=False),
         _rt("", "v1", "Service", "services", short_names=["svc"], status=True,
-            categories=["all"], generation=False),
+            categories=["all"], generation=False,
+            field_labels=_legacy("spec.clusterIP", "spec.type")),
         _rt("", "v1", "Endpoints", "endpoints", short_names=["ep"], generation=False),
         _rt("", "v1", "Event", "events", short_names=["ev"], generation=False,
             field_labels=_EVENT_FIELDS),
         _rt("", "v1", "Pod", "pods", short_names=["po"], status=True, categories=["all"],
-            generation=False, field_labels=("spec.nodeName", "status.phase",
-                                            "spec.serviceAccountName")),
+            generation=False, field_labels=_legacy(
+                "spec.nodeName", "status.phase", "spec.serviceAccountName",
+                "spec.schedulerName", "spec.restartPolicy", "status.podIP",
+                "status.nominatedNodeName")),
         _rt("", "v1", "Node", "nodes", False, short_names=["no"], status=True,
-            generation=False, field_labels=("spec.unschedulable",)),
+            generation=False, field_labels=_legacy("spec.unschedulable")),
         _rt("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", short_names=["pvc"],
             status=True, generation=False),
         _rt("", "v1", "PersistentVolume", "persistentvolumes", False, short_names=["pv"],
@@ -140,7 +172,8 @@ def builtin_types() -> list[ResourceType]:
             scale=_REPLICAS_SCALE, categories=["all"]),
         _rt("apps", "v1", "ReplicaSet", "replicasets", short_names=["rs"], status=True,
             scale=_REPLICAS_SCALE, categories=["all"]),
-        _rt("batch", "v1", "Job", "jobs", status=True, categories=["all"]),
+        _rt("batch", "v1", "Job", "jobs", status=True, categories=["all"],
+            field_labels=FieldLabels((), "Job")),
         _rt("batch", "v1", "CronJob", "cronjobs", short_names=["cj"], status=True,
             categories=["all"]),
         _rt("coordination.k8s.io", "v1", "Lease", "leases", generation=False),
@@ -173,7 +206,7 @@ def builtin_types() -> list[ResourceType]:
             generation=False),
         _rt("", "v1", "LimitRange", "limitranges", short_names=["limits"], generation=False),
         _rt("", "v1", "ReplicationController", "replicationcontrollers", short_names=["rc"],
-            status=True, scale=_REPLICAS_SCALE, categories=["all"]),
+            status=True, scale=_REPLICAS_SCALE, categories=["all"], field_labels=_legacy()),
         _rt("", "v1", "PodTemplate", "podtemplates", generation=False),
         _rt("apps", "v1", "ControllerRevision", "controllerrevisions", generation=False),
         _rt("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers",
@@ -183,7 +216,7 @@ def builtin_types() -> list[ResourceType]:
             categories=["api-extensions"]),
         _rt("certificates.k8s.io", "v1", "CertificateSigningRequest",
             "certificatesigningrequests", False, short_names=["csr"], status=True,
-            generation=False),
+            generation=False, field_labels=_legacy("spec.signerName")),
         _rt("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", False, generation=False),
         _rt("storage.k8s.io", "v1", "CSIDriver", "csidrivers", False, generation=False),
         _rt("storage.k8s.io", "v1", "CSINode", "csinodes", False, generation=False),
@@ -253,6 +286,8 @@ def from_crd(crd: dict[str, Any]) -> ResourceType:
         storage_version=storage,
         schemas=schemas,
         columns=columns,
+        field_labels=_legacy(*(f["jsonPath"].lstrip(".") for v in served
+                               for f in v.get("selectableFields") or [])),
         crd_name=crd["metadata"]["name"],
     )
 

@@ -29,7 +29,9 @@ Behaviour copied on purpose from the real server, even where it looks odd:
 Not implemented:
 
 * ``x-kubernetes-validations`` (CEL) rules are not evaluated; they are skipped
-  silently, so violations are only caught by the controllers.
+  silently, so violations are only caught by the controllers. Where the real
+  server would skip them too (a schema error blocks them), it says so, and so
+  does ``cel_skipped``.
 * Validation ratcheting on update, validation of ``metadata`` of embedded
   resources, ``patternProperties``, ``dependencies`` and tuple ``items``.
 * Formats ``uri``, ``email``, ``hostname``, ``isbn*``, ``creditcard``, ``ssn``,
@@ -65,7 +67,10 @@ __all__ = [
     "TYPE_INVALID",
     "FieldError",
     "apply_defaults",
+    "cel_skipped",
+    "has_validation_rules",
     "prune",
+    "scale_errors",
     "validate",
 ]
 
@@ -473,6 +478,119 @@ def _err_too_many(name: str, actual: int, limit: int) -> FieldError:
 
 def _err_duplicate(path: str, value: Any) -> FieldError:
     return FieldError(path, DUPLICATE, f"Duplicate value: {_go_value(value)}")
+
+
+# --------------------------------------------------------------------------
+# The scale subresource's paths, and the CEL rules' gate
+# --------------------------------------------------------------------------
+
+
+def _go_v(value: Any) -> str:
+    """Go's %v of a decoded JSON value."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _go_float(value)
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{_go_v(value[k])}" for k in sorted(value)) + "]"
+    if isinstance(value, list):
+        return "[" + " ".join(_go_v(v) for v in value) + "]"
+    return str(value)
+
+
+def _go_type(value: Any) -> str:
+    """Go's %T of a decoded JSON value."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    if isinstance(value, list):
+        return "[]interface {}"
+    return "string"
+
+
+def _nested(obj: dict[str, Any], path: str, expected: str,
+            want: Callable[[Any], bool]) -> tuple[bool, Any, str | None]:
+    """unstructured.Nested*: (found, value, accessor error) at a dotted path."""
+    fields = path.removeprefix(".").split(".")
+    cur: Any = obj
+    for i, f in enumerate(fields):
+        if cur is None:
+            return False, None, None
+        if not isinstance(cur, dict):
+            return False, None, (f".{'.'.join(fields[:i])} accessor error: {_go_v(cur)} is of "
+                                 f"the type {_go_type(cur)}, expected map[string]interface{{}}")
+        if f not in cur:
+            return False, None, None
+        cur = cur[f]
+    if not want(cur):
+        return True, None, (f".{'.'.join(fields)} accessor error: {_go_v(cur)} is of the type "
+                            f"{_go_type(cur)}, expected {expected}")
+    return True, cur, None
+
+
+def _is_int64(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def scale_errors(obj: dict[str, Any], scale: dict[str, Any]) -> list[FieldError]:
+    """What the scale subresource's validation finds at its paths (the custom resource
+    validator's ValidateScaleSpec and ValidateScaleStatus): replicas must be int64s in
+    [0, MaxInt32], the selector a string; a missing field is no error."""
+    errors: list[FieldError] = []
+    for key in ("specReplicasPath", "statusReplicasPath"):
+        path = scale.get(key)
+        if not path:
+            continue
+        _found, value, err = _nested(obj, path, "int64", _is_int64)
+        if err is not None:
+            errors.append(FieldError(path, INVALID, f"Invalid value: 0: {err}"))
+        elif value is not None and value < 0:
+            errors.append(FieldError(path, INVALID,
+                                     f"Invalid value: {value}: should be a non-negative integer"))
+        elif value is not None and value > 2**31 - 1:
+            errors.append(FieldError(path, INVALID, f"Invalid value: {value}: should be less "
+                                     "than or equal to 2147483647"))
+    selector = scale.get("labelSelectorPath")
+    if selector:
+        _found, _value, err = _nested(obj, selector, "string", lambda v: isinstance(v, str))
+        if err is not None:
+            errors.append(FieldError(selector, INVALID, f'Invalid value: "": {err}'))
+    return errors
+
+
+def has_validation_rules(schema: Any) -> bool:
+    """Whether a version's schema has x-kubernetes-validations anywhere (the server then
+    builds a CEL validator for it)."""
+    if isinstance(schema, dict):
+        if schema.get("x-kubernetes-validations"):
+            return True
+        return any(has_validation_rules(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(has_validation_rules(v) for v in schema)
+    return False
+
+
+_BLOCKING = frozenset({NOT_SUPPORTED, REQUIRED, TOO_LONG, TOO_MANY, TYPE_INVALID})
+
+
+def cel_skipped(error_types: list[str]) -> FieldError | None:
+    """The error the server adds instead of evaluating CEL rules when an earlier error of a
+    blocking type (a wrong type, a missing field, an unsupported value, too long, too many)
+    makes the object unfit for them."""
+    if not any(t in _BLOCKING for t in error_types):
+        return None
+    return FieldError(NIL_PATH, INVALID, "Invalid value: null: some validation rules were not "
+                      "checked because the object was invalid; correct the existing errors to "
+                      "complete validation")
 
 
 # --------------------------------------------------------------------------

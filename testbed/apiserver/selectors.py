@@ -148,6 +148,32 @@ def label_selector_string(sel: Mapping[str, Any] | None) -> str:
     return ",".join(parts)
 
 
+class FieldLabels(tuple[str, ...]):
+    """A kind's own field labels (beyond metadata.name and metadata.namespace), and how the
+    kind's field label conversion refuses any other: kinds without a conversion of their own
+    use apimachinery's default one, the older core kinds (and custom resources) say "field
+    label not supported", and a few name their kind."""
+
+    refusal: str
+
+    def __new__(cls, labels: tuple[str, ...] = (), refusal: str = "default") -> FieldLabels:
+        out = super().__new__(cls, labels)
+        out.refusal = refusal
+        return out
+
+    def refuse(self, label: str) -> str:
+        if self.refusal == "default":
+            return (f'"{label}" is not a known field selector: only "metadata.name", '
+                    '"metadata.namespace"')
+        if self.refusal == "legacy":
+            return f"field label not supported: {label}"
+        return f'field label "{label}" not supported for {self.refusal}'
+
+
+def _refuse(allowed: tuple[str, ...], label: str) -> str:
+    return (allowed if isinstance(allowed, FieldLabels) else FieldLabels(allowed)).refuse(label)
+
+
 @dataclass(frozen=True)
 class FieldSelector:
     terms: tuple[tuple[str, bool, str], ...] = ()  # (field, equal?, value)
@@ -187,10 +213,7 @@ def parse_field_selector(text: str | None, allowed: tuple[str, ...]) -> FieldSel
                 fld, _, value = part.partition(op)
                 fld = fld.strip()
                 if fld not in ("metadata.name", "metadata.namespace", *allowed):
-                    raise SelectorError(
-                        f'field label not supported: {fld}'
-                        if fld else f"invalid selector: '{text}'; can't understand '{part}'"
-                    )
+                    raise SelectorError(_refuse(allowed, fld))
                 terms.append((fld, op != "!=", value.strip()))
                 break
         else:

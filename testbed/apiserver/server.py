@@ -53,8 +53,9 @@ PATCH_TYPES = {
 }
 
 
-ADMIN = {"username": "kubernetes-admin",
-         "groups": ["kubeadm:cluster-admins", "system:authenticated"]}
+# The testbed's cluster administrator, as the real backend's admin certificate names it
+# (testbed/controlplane/pki.py: CN outpost-admin, O system:masters).
+ADMIN = {"username": "outpost-admin", "groups": ["system:masters", "system:authenticated"]}
 REVIEW_STATUS: dict[str, Any] = {
     "SelfSubjectAccessReview": {"allowed": True},
     "SubjectAccessReview": {"allowed": True},
@@ -108,6 +109,11 @@ def _status_ok(rt: ResourceType, name: str, uid: str) -> dict[str, Any]:
         details["group"] = rt.group
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
             "details": details}
+
+
+def _uint(text: str) -> bool:
+    """Whether Go's strconv.ParseUint takes `text` (ASCII digits only)."""
+    return text.isascii() and text.isdigit()
 
 
 def _dig(obj: Any, path: str) -> Any:
@@ -216,8 +222,8 @@ class ApiServer:
         would want)."""
         cfg = client.Configuration()
         cfg.host = self.url
-        cfg.api_key = {"authorization": "testbed"}
-        cfg.api_key_prefix = {"authorization": "Bearer"}
+        cfg.api_key = {"BearerToken": "testbed"}
+        cfg.api_key_prefix = {"BearerToken": "Bearer"}
         return cfg
 
     def write_kubeconfig(self, path: Path, context: str | None = None) -> Path:
@@ -312,6 +318,13 @@ class ApiServer:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             cache[key] = json.dumps(doc)
         return web.Response(text=str(cache[key]), content_type=JSON)
+
+    async def compact(self) -> None:
+        """Compact the emulated etcd at its current revision. A real kube-apiserver serves
+        watches and exact lists from its watch cache, which an etcd compaction leaves alone
+        (measured on v1.37.2), so this changes nothing a client sees here either: only a read
+        older than the history the store holds (what the watch cache holds) answers 410. To
+        expire that history, as a watch cache does in time, use `store.compact()`."""
 
     # -- fault control ---------------------------------------------------------------------
     async def _control(self, request: web.Request) -> web.Response:
@@ -467,6 +480,10 @@ class ApiServer:
         rv = q.get("resourceVersion", "")
         match = q.get("resourceVersionMatch", "")
         self._validate_list_options(rv, match, q.get("continue", ""))
+        if not _uint(rv or "0"):
+            # A list parses it in the watch cache, which answers 400 (a get or a watch: 500).
+            raise errors.bad_request(f'invalid resource version: resourceVersion: Invalid value: '
+                                     f'"{rv}": strconv.ParseUint: parsing "{rv}": invalid syntax')
         start_after: tuple[str, str] | None = None
         at: int | None = None  # the revision to read at; None reads the latest state
         if q.get("continue"):
@@ -515,7 +532,8 @@ class ApiServer:
             # Every page of a paginated list is read at the first page's revision.
             list_meta["continue"] = base64.urlsafe_b64encode(json.dumps(
                 {"rv": list_rv, "ns": last[0], "name": last[1]}).encode()).decode()
-            list_meta["remainingItemCount"] = more
+            if not flt.labels.requirements and not flt.fields.terms:
+                list_meta["remainingItemCount"] = more  # a selector makes the count unknown
         served = [self._serve(rt, o, r.version) for o in items]
         if "as=Table" in request.headers.get("Accept", ""):
             return web.json_response(to_table(rt, r.version, served,
@@ -550,7 +568,7 @@ class ApiServer:
         (500, with no reason, which is what real servers answer)."""
         if rv in ("", "0"):
             return 0
-        if not rv.isdigit():
+        if not _uint(rv):
             raise ApiError(500, "", f'resourceVersion: Invalid value: "{rv}": strconv.ParseUint: '
                            f'parsing "{rv}": invalid syntax')
         return int(rv)
@@ -634,19 +652,33 @@ class ApiServer:
                     request: web.Request) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+
+        def next_mark(now: float) -> float | None:
+            # As the watch cache schedules them: every bookmark interval, but one falls 2 s
+            # before the watch times out; none once that moment has passed (so a watch of
+            # under 2 s gets none).
+            at = min(now + self.bookmark_interval, deadline - 2.0)
+            return at if at > now else None
+
+        mark_at = next_mark(loop.time()) if bookmarks else None
         while True:
-            left = deadline - loop.time()
+            now = loop.time()
+            left = deadline - now
             if left <= 0:
                 return
-            wait = min(left, self.bookmark_interval) if bookmarks else left
+            wait = left if mark_at is None else max(min(left, mark_at - now), 0.001)
             try:
                 item = await asyncio.wait_for(watcher.queue.get(), wait)
             except TimeoutError:
-                if bookmarks and loop.time() < deadline and self.store.rv >= watcher.after:
-                    mark = {"kind": rt.kind, "apiVersion": rt.api_version(version),
-                            "metadata": {"resourceVersion": str(self.store.rv)}}
-                    await resp.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode()
-                                     + b"\n")
+                if mark_at is not None and loop.time() >= mark_at:
+                    # A bookmark carries the latest resourceVersion, and only once that is past
+                    # the one the watch started from.
+                    if self.store.rv > watcher.after:
+                        mark = {"kind": rt.kind, "apiVersion": rt.api_version(version),
+                                "metadata": {"resourceVersion": str(self.store.rv)}}
+                        await resp.write(json.dumps({"type": "BOOKMARK", "object": mark})
+                                         .encode() + b"\n")
+                    mark_at = next_mark(loop.time())
                 continue
             if item is None:
                 return
@@ -665,7 +697,7 @@ class ApiServer:
     # -- reviews ---------------------------------------------------------------------------
     async def _review(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
         """Answer an access or identity review. Every client of the emulated cluster is its
-        administrator (as kubeadm's admin.conf user is), so every access is allowed."""
+        administrator (as the real backend's admin certificate is), so every access is allowed."""
         try:
             body = await self._object_body(request, rt)
         except ApiError as e:
@@ -689,8 +721,11 @@ class ApiServer:
     async def _create(self, request: web.Request, rt: ResourceType, r: Route) -> web.Response:
         body = await self._object_body(request, rt)
         if rt.custom and self.registry.crd_terminating(rt):
-            raise ApiError(405, "MethodNotAllowed", "create not allowed while custom resource "
-                           "definition is terminating", {"group": rt.group, "kind": rt.plural})
+            name = str(((body if isinstance(body, dict) else {}).get("metadata") or {}).get(
+                "name") or "")
+            raise ApiError(403, "Forbidden", f'{rt.qualified_resource} "{name}" is forbidden: '
+                           "create not allowed while custom resource definition is terminating",
+                           {"name": name, "group": rt.group, "kind": rt.plural})
         if isinstance(body, dict):
             self._strict_fields(request, rt, r.version, body)
         obj = self.registry.create(rt, r.namespace, body, manager=self._manager(request),
@@ -741,7 +776,7 @@ class ApiServer:
             patched["metadata"].pop("resourceVersion")
         obj = self.registry.update(rt, r.namespace, r.name, patched, subresource=self._sub(r),
                                    manager=manager, version=r.version, dry_run=dry,
-                                   precondition_rv=precondition)
+                                   precondition_rv=precondition, uid_precondition=False)
         return self._respond(request, rt, r.version, obj)
 
     def _apply(self, request: web.Request, rt: ResourceType, r: Route, body: Any,
@@ -749,8 +784,9 @@ class ApiServer:
         assert r.name is not None
         manager = request.query.get("fieldManager")
         if not manager:
-            raise errors.bad_request("PATCH, application/apply-patch+yaml requires a "
-                                     "fieldManager query parameter")
+            raise errors.invalid("PatchOptions.meta.k8s.io", "meta.k8s.io", "PatchOptions", "", [{
+                "reason": "FieldValueRequired", "message": "Required value: is required for "
+                "apply patch", "field": "fieldManager"}])
         if not isinstance(body, dict):
             raise errors.bad_request("the body of an apply patch must be a YAML or JSON object")
         force = request.query.get("force", "").lower() in ("true", "1")
@@ -787,13 +823,16 @@ class ApiServer:
                                        managed_fields=new_managed)
             return self._respond(request, rt, r.version, obj, status=201)
         merged["metadata"].pop("resourceVersion", None)
+        asked_uid = (body.get("metadata") or {}).get("uid")
+        if asked_uid and r.sub is None:
+            merged["metadata"]["uid"] = asked_uid  # a changed uid is invalid, as in any patch
         # A resourceVersion in the applied configuration is a precondition, as in any patch.
         asked = (body.get("metadata") or {}).get("resourceVersion")
         obj = self.registry.update(rt, r.namespace, r.name, merged, subresource=self._sub(r),
                                    manager=manager, version=r.version, dry_run=dry,
                                    precondition_rv=str(asked) if asked else
                                    live["metadata"]["resourceVersion"],
-                                   managed_fields=new_managed)
+                                   managed_fields=new_managed, uid_precondition=False)
         return self._respond(request, rt, r.version, obj)
 
     async def _delete_options(self, request: web.Request) -> dict[str, Any]:

@@ -211,7 +211,9 @@ class Store:
         return len(cut)
 
     def compact(self) -> None:
-        """Forget the whole event history, as an etcd compaction does."""
+        """Forget the whole event history: what a watch cache does once its window moved past
+        (a fault knob; an etcd compaction alone does not do it, see ApiServer.compact). Watches
+        from and exact lists at an older resourceVersion then answer 410."""
         if self._history:
             self._floor = self._history[-1].rv
         self._history.clear()

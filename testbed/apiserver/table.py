@@ -159,8 +159,10 @@ def _job_duration(o: Obj) -> str:
 
 
 def _event_last_seen(o: Obj) -> str:
-    ts = str(o.get("lastTimestamp") or o.get("eventTime") or o.get("firstTimestamp")
-             or _at(o, "metadata", "creationTimestamp") or "")
+    """As the real printer: the series' last observation, else lastTimestamp, else when it
+    was first seen (firstTimestamp, else eventTime); never the object's creation."""
+    ts = str(_at(o, "series", "lastObservedTime") or o.get("lastTimestamp")
+             or o.get("firstTimestamp") or o.get("eventTime") or "")
     return human_age(ts[:19] + "Z") if ts else "<unknown>"
 
 

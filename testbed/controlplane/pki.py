@@ -74,19 +74,18 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) 
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(pem(cert))
 
 
-def make_pki(directory: Path, *, cluster: str = "testbed", days: int = 365,
-             now: datetime | None = None) -> Pki:
-    """Create every file in `directory` (made if missing) and return their paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pki = Pki(directory)
-    start = (now or datetime.now(UTC)) - timedelta(minutes=5)  # tolerate a little clock skew
-    end = start + timedelta(days=days)
+def pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
 
+
+def make_ca(cn: str, start: datetime, end: datetime) -> tuple[ec.EllipticCurvePrivateKey,
+                                                             x509.Certificate]:
+    """A self-signed certificate authority valid from `start` to `end`."""
     ca_key = _ec_key()
-    ca_name = _name(f"{cluster}-ca")
+    ca_name = _name(cn)
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(start).not_valid_after(end)
@@ -99,6 +98,18 @@ def make_pki(directory: Path, *, cluster: str = "testbed", days: int = 365,
           .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
                          critical=False)
           .sign(ca_key, hashes.SHA256()))
+    return ca_key, ca
+
+
+def make_pki(directory: Path, *, cluster: str = "testbed", days: int = 365,
+             now: datetime | None = None) -> Pki:
+    """Create every file in `directory` (made if missing) and return their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = Pki(directory)
+    start = (now or datetime.now(UTC)) - timedelta(minutes=5)  # tolerate a little clock skew
+    end = start + timedelta(days=days)
+
+    ca_key, ca = make_ca(f"{cluster}-ca", start, end)
     _write_key(pki.ca_key, ca_key)
     _write_cert(pki.ca_cert, ca)
 
@@ -106,7 +117,7 @@ def make_pki(directory: Path, *, cluster: str = "testbed", days: int = 365,
              san: x509.SubjectAlternativeName | None) -> tuple[x509.Certificate,
                                                                ec.EllipticCurvePrivateKey]:
         key = _ec_key()
-        builder = (x509.CertificateBuilder().subject_name(_name(cn, org)).issuer_name(ca_name)
+        builder = (x509.CertificateBuilder().subject_name(_name(cn, org)).issuer_name(ca.subject)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
                    .not_valid_before(start).not_valid_after(end)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None),
