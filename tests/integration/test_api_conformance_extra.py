@@ -11,13 +11,12 @@ import asyncio
 import json
 from typing import Any
 
-import aiohttp
 import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from testbed.apiserver import ApiServer
-from tests.fixtures.kube import eventually, serving_watches
+from tests.fixtures.kube import current_rv, eventually, http, serving_watches
 
 CMS = "/api/v1/namespaces/default/configmaps"
 WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
@@ -33,9 +32,12 @@ CRD: dict[str, Any] = {
 }
 
 
+pytestmark = pytest.mark.both_backends
+
+
 async def call(api: ApiServer, method: str, path: str, body: Any = None,
                **kw: Any) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as s, s.request(
+    async with http(api) as s, s.request(
             method, api.url + path, json=body, **kw) as r:
         text = await r.text()
         try:
@@ -53,7 +55,7 @@ async def make_cm(api: ApiServer, name: str, **meta: Any) -> dict[str, Any]:
 async def watch_lines(api: ApiServer, path: str, n: int, **params: str) -> list[dict[str, Any]]:
     """The first n non-bookmark events of a raw watch."""
     out: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as s, s.get(
+    async with http(api) as s, s.get(
             api.url + path, params={"watch": "true", **params}) as r:
         async for line in r.content:
             if line.strip():
@@ -74,19 +76,33 @@ async def make_crd(api: ApiServer) -> None:
 # -- resourceVersion semantics -----------------------------------------------------------------
 async def test_watch_from_a_future_resource_version_skips_what_comes_before(
         api: ApiServer) -> None:
-    start = api.store.rv
-    watcher = asyncio.ensure_future(watch_lines(api, CMS, 1, resourceVersion=str(start + 2)))
+    start = await current_rv(api)
+    since = start + 2
+    seen: list[tuple[str, str]] = []
+
+    async def watch_until_f3() -> None:
+        async with http(api) as s, s.get(api.url + CMS, params={
+                "watch": "true", "resourceVersion": str(since)}) as r:
+            async for line in r.content:
+                if line.strip() and (ev := json.loads(line))["type"] != "BOOKMARK":
+                    seen.append((ev["type"], ev["object"]["metadata"]["name"]))
+                    if seen[-1][1] == "f3":
+                        return
+
+    watcher = asyncio.ensure_future(watch_until_f3())
     await serving_watches(api, 1)
-    for name in ("f1", "f2", "f3"):
-        await make_cm(api, name)
-    events = await asyncio.wait_for(watcher, 60)
-    # Only changes after the requested resourceVersion are sent: f1 and f2 are not.
-    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "f3")]
+    made = [await make_cm(api, name) for name in ("f1", "f2", "f3")]
+    await asyncio.wait_for(watcher, 60)
+    # Only changes after the requested resourceVersion are sent: f1 and f2 are not (unless
+    # another write took a version in between, which a real cluster's controllers may do).
+    after = [m["metadata"]["name"] for m in made if int(m["metadata"]["resourceVersion"]) > since]
+    assert seen == [("ADDED", name) for name in after]
+    assert "f1" not in after
 
 
 async def test_watch_timeout_seconds_zero_means_the_server_default(api: ApiServer) -> None:
     watcher = asyncio.ensure_future(watch_lines(api, CMS, 1, timeoutSeconds="0",
-                                                resourceVersion=str(api.store.rv)))
+                                                resourceVersion=str(await current_rv(api))))
     await serving_watches(api, 1)
     assert not watcher.done()  # a zero timeout does not end the watch at once
     await make_cm(api, "late")
@@ -95,27 +111,39 @@ async def test_watch_timeout_seconds_zero_means_the_server_default(api: ApiServe
 
 
 async def test_reads_at_a_future_resource_version_wait_then_time_out(api: ApiServer) -> None:
-    api.fresh_wait = 0.3
-    ahead = api.store.rv + 50
-    status, body = await call(api, "GET", CMS, params={"resourceVersion": str(ahead)})
+    before = await current_rv(api)
+    ahead = before + 50
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    # A list and a get at a version not reached yet both wait 3 s for it (the watch cache's
+    # wait), then answer 504.
+    (status, body), (get_status, _) = await asyncio.gather(
+        call(api, "GET", CMS, params={"resourceVersion": str(ahead)}),
+        call(api, "GET", CMS + "/x", params={"resourceVersion": str(ahead)}))
+    assert 2.9 < loop.time() - began < 10
     assert status == 504 and body["reason"] == "Timeout"
-    assert body["message"] == f"Timeout: Too large resource version: {ahead}, current: " \
-                              f"{api.store.rv}"
+    assert get_status == 504
+    # "current" is the server's own latest version while it waited.
+    prefix = f"Timeout: Too large resource version: {ahead}, current: "
+    assert body["message"].startswith(prefix)
+    assert before <= int(body["message"].removeprefix(prefix)) <= await current_rv(api)
     assert body["details"]["causes"][0]["reason"] == "ResourceVersionTooLarge"
-    status, _ = await call(api, "GET", CMS + "/x", params={"resourceVersion": str(ahead)})
-    assert status == 504
+    assert body["details"]["retryAfterSeconds"] == 1
     # A version reached while waiting is served.
-    api.fresh_wait = 60  # ends as soon as the version is reached
     gets = api.requests["GET"]
-    reader = asyncio.ensure_future(call(api, "GET", CMS, params={
-        "resourceVersion": str(api.store.rv + 1)}))
+    want = await current_rv(api) + 1
+    reader = asyncio.ensure_future(call(api, "GET", CMS, params={"resourceVersion": str(want)}))
 
     async def waiting() -> bool:  # the read is in the server, waiting for the version
         return api.requests["GET"] > gets and not reader.done()
     await eventually(waiting)
-    await make_cm(api, "arrives")
+    arrived = int((await make_cm(api, "arrives"))["metadata"]["resourceVersion"])
     status, body = await reader
-    assert status == 200 and "arrives" in [i["metadata"]["name"] for i in body["items"]]
+    assert status == 200 and int(body["metadata"]["resourceVersion"]) >= want
+    # (On a real cluster another write may reach the version first; then it is served as of
+    # that write.)
+    names = [i["metadata"]["name"] for i in body["items"]]
+    assert ("arrives" in names) == (int(body["metadata"]["resourceVersion"]) >= arrived)
 
 
 async def test_list_options_are_validated(api: ApiServer) -> None:
@@ -129,37 +157,52 @@ async def test_list_options_are_validated(api: ApiServer) -> None:
     status, _ = await call(api, "GET", CMS, params={"resourceVersionMatch": "NotOlderThan",
                                                     "resourceVersion": "0"})
     assert status == 200
+    # A malformed resourceVersion: a list answers 400, a get (and a watch) 500 with no reason.
     status, body = await call(api, "GET", CMS, params={"resourceVersion": "abc"})
-    assert status == 500 and "strconv.ParseUint" in body["message"]
+    assert status == 400 and body["reason"] == "BadRequest"
+    assert body["message"] == ('invalid resource version: resourceVersion: Invalid value: "abc": '
+                               'strconv.ParseUint: parsing "abc": invalid syntax')
+    status, body = await call(api, "GET", CMS + "/kube-root-ca.crt",
+                              params={"resourceVersion": "-1"})
+    assert status == 500 and not body.get("reason")  # "" (StatusReasonUnknown), or left out
+    assert body["message"] == ('resourceVersion: Invalid value: "-1": strconv.ParseUint: '
+                               'parsing "-1": invalid syntax')
 
 
-async def test_exact_list_reads_the_past_until_compacted(api: ApiServer) -> None:
+async def test_exact_list_reads_the_past_even_after_compaction(api: ApiServer) -> None:
     await make_cm(api, "old")
     status, body = await call(api, "GET", CMS)
     rv = body["metadata"]["resourceVersion"]
+    then = [i["metadata"]["name"] for i in body["items"]]
+    assert "old" in then
     await make_cm(api, "new")
     await call(api, "DELETE", CMS + "/old")
     status, body = await call(api, "GET", CMS, params={"resourceVersion": rv,
                                                        "resourceVersionMatch": "Exact"})
     assert status == 200 and body["metadata"]["resourceVersion"] == rv
-    assert [i["metadata"]["name"] for i in body["items"]] == ["old"]
+    assert [i["metadata"]["name"] for i in body["items"]] == then
     status, body = await call(api, "GET", CMS, params={"resourceVersion": rv})  # NotOlderThan
-    assert [i["metadata"]["name"] for i in body["items"]] == ["new"]
-    api.store.compact()
+    names = [i["metadata"]["name"] for i in body["items"]]
+    assert "new" in names and "old" not in names
+    # The watch cache holds that version: an etcd compaction does not expire it (v1.37.2).
+    await api.compact()
     status, body = await call(api, "GET", CMS, params={"resourceVersion": rv,
                                                        "resourceVersionMatch": "Exact"})
-    assert status == 410 and body["reason"] == "Expired"
+    assert status == 200 and body["metadata"]["resourceVersion"] == rv
+    assert [i["metadata"]["name"] for i in body["items"]] == then
 
 
 async def test_paginated_list_is_one_consistent_snapshot(api: ApiServer) -> None:
+    # Its own label keeps out what the cluster keeps in every namespace (kube-root-ca.crt).
+    page_of = {"labelSelector": "test=pages", "limit": "2"}
     for name in ("p1", "p2", "p3"):
-        await make_cm(api, name)
-    status, page = await call(api, "GET", CMS, params={"limit": "2"})
+        await make_cm(api, name, labels={"test": "pages"})
+    status, page = await call(api, "GET", CMS, params=page_of)
     assert [i["metadata"]["name"] for i in page["items"]] == ["p1", "p2"]
     await call(api, "DELETE", CMS + "/p3")
-    await make_cm(api, "p4")
-    status, rest = await call(api, "GET", CMS, params={"limit": "2",
-                                                       "continue": page["metadata"]["continue"]})
+    await make_cm(api, "p4", labels={"test": "pages"})
+    status, rest = await call(api, "GET", CMS, params={
+        **page_of, "continue": page["metadata"]["continue"]})
     assert status == 200
     # The second page is read at the first page's revision: p3 still there, p4 not yet.
     assert [i["metadata"]["name"] for i in rest["items"]] == ["p3"]
@@ -190,7 +233,7 @@ async def test_put_without_resource_version_is_unconditional_only_for_builtins(
         "spec": {"size": 2}})
     assert status == 422 and body["reason"] == "Invalid"
     assert body["message"] == ('widgets.example.com "w" is invalid: metadata.resourceVersion: '
-                               "Invalid value: 0x0: must be specified for an update")
+                               "Invalid value: 0: must be specified for an update")
     w["spec"] = {"size": 2}
     status, body = await call(api, "PUT", WIDGETS + "/w", w)
     assert status == 200 and body["spec"] == {"size": 2}
@@ -205,10 +248,25 @@ async def test_put_without_resource_version_is_unconditional_only_for_builtins(
 async def test_uid_is_immutable_and_creation_timestamp_is_kept(api: ApiServer) -> None:
     obj = await make_cm(api, "fixed")
     changed = {**obj, "metadata": {**obj["metadata"], "uid": "0000-other"}}
+    # A PUT's uid is a storage precondition: another uid is a conflict, not an invalid object.
     status, body = await call(api, "PUT", CMS + "/fixed", changed)
-    assert status == 422
-    assert body["message"] == ('ConfigMap "fixed" is invalid: metadata.uid: Invalid value: '
-                               '"0000-other": field is immutable')
+    assert status == 409 and body["reason"] == "Conflict"
+    assert body["message"] == (
+        'Operation cannot be fulfilled on configmaps "fixed": StorageError: invalid object, '
+        "Code: 4, Key: /registry/configmaps/default/fixed, ResourceVersion: 0, "
+        "AdditionalErrorMsg: Precondition failed: UID in precondition: 0000-other, UID in "
+        f"object meta: {obj['metadata']['uid']}")
+    # A patch has no such precondition: there the uid is a field that may not change.
+    for ctype, patch in (("application/merge-patch+json", {"metadata": {"uid": "0000-other"}}),
+                         ("application/apply-patch+yaml", {
+                             "apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": "fixed", "uid": "0000-other"}})):
+        status, body = await call(api, "PATCH", CMS + "/fixed", patch,
+                                  params={"fieldManager": "test"},
+                                  headers={"Content-Type": ctype})
+        assert status == 422, (ctype, body)
+        assert body["message"] == ('ConfigMap "fixed" is invalid: metadata.uid: Invalid '
+                                   'value: "0000-other": field is immutable')
     moved = {**obj, "metadata": {**obj["metadata"], "creationTimestamp": "2001-01-01T00:00:00Z"},
              "data": {"k": "v"}}
     status, body = await call(api, "PUT", CMS + "/fixed", moved)
@@ -264,9 +322,9 @@ async def test_crd_deletion_removes_instances_before_the_kind(api: ApiServer) ->
     status, body = await call(api, "POST", WIDGETS, {"apiVersion": "example.com/v1",
                                                      "kind": "Widget",
                                                      "metadata": {"name": "late"}})
-    assert status == 405 and body["reason"] == "MethodNotAllowed"
-    assert body["message"] == ("create not allowed while custom resource definition is "
-                               "terminating")
+    assert status == 403 and body["reason"] == "Forbidden"
+    assert body["message"] == ('widgets.example.com "late" is forbidden: create not allowed '
+                               "while custom resource definition is terminating")
     status, _ = await call(api, "PATCH", WIDGETS + "/held", {"metadata": {"finalizers": None}},
                            headers={"Content-Type": "application/merge-patch+json"})
     assert status == 200
@@ -324,7 +382,7 @@ async def test_gc_resolves_owners_by_kind_namespace_and_uid(api: ApiServer) -> N
 
 # -- requests ---------------------------------------------------------------------------------
 async def test_request_media_types(api: ApiServer) -> None:
-    async with aiohttp.ClientSession() as s:
+    async with http(api) as s:
         async with s.post(api.url + CMS, data=b"metadata:\n  name: from-yaml\ndata: {a: '1'}\n",
                           headers={"Content-Type": "application/yaml"}) as r:
             assert r.status == 201
@@ -344,7 +402,7 @@ async def test_status_codes_of_bad_requests(api: ApiServer) -> None:
     assert (await call(api, "GET", "/api/v1/namespaces/default/nodes"))[0] == 404
     status, body = await call(api, "PUT", CMS, {"metadata": {"name": "x"}})
     assert status == 405 and body["reason"] == "MethodNotAllowed"
-    async with aiohttp.ClientSession() as s, s.post(
+    async with http(api) as s, s.post(
             api.url + CMS, data=b'{"metadata": {', headers={"Content-Type": "application/json"}
     ) as r:
         assert r.status == 400 and (await r.json())["reason"] == "BadRequest"
@@ -373,7 +431,7 @@ async def test_new_cluster_has_default_service_accounts_and_kubernetes_service(
 async def test_openapi_v2_is_served(api: ApiServer) -> None:
     status, body = await call(api, "GET", "/openapi/v2")
     assert status == 200 and body["swagger"] == "2.0"
-    async with aiohttp.ClientSession() as s, s.get(
+    async with http(api) as s, s.get(
             api.url + "/openapi/v2",
             headers={"Accept": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"}
     ) as r:

@@ -8,6 +8,8 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from tests.fixtures.kube import eventually
 
+pytestmark = pytest.mark.both_backends
+
 
 def cm(name: str, owner: client.V1ConfigMap | None = None, block: bool = False,
        finalizers: list[str] | None = None) -> client.V1ConfigMap:
@@ -66,8 +68,16 @@ async def test_orphan_propagation_keeps_dependents(kube: client.ApiClient) -> No
     owner = await core.create_namespaced_config_map("default", cm("o"))
     await core.create_namespaced_config_map("default", cm("kept", owner))
     await core.delete_namespaced_config_map("o", "default", propagation_policy="Orphan")
-    kept = await core.read_namespaced_config_map("kept", "default")
-    assert kept.metadata.owner_references is None
+
+    # The garbage collector orphans the dependent (drops its ownerReference), then lets the
+    # owner go: a real one does both asynchronously.
+    async def orphaned() -> None:
+        kept = await core.read_namespaced_config_map("kept", "default")
+        assert kept.metadata.owner_references is None
+        assert not await exists(core, "o")
+
+    await eventually(orphaned)
+    assert await exists(core, "kept")
 
 
 async def test_foreground_waits_for_blocking_dependents(kube: client.ApiClient) -> None:

@@ -91,8 +91,9 @@ async def test_cluster_scoped_resource(kc: ApiKubeClient) -> None:
     await kc.create(NAMESPACE, {"metadata": {"name": "edge"}})
     assert (await kc.get(NAMESPACE, "edge"))["metadata"]["name"] == "edge"
     await kc.create(CONFIG_MAP, {**cm("in-edge"), "metadata": {"name": "x", "namespace": "edge"}})
-    assert [o["metadata"]["namespace"] for o in (await kc.list(CONFIG_MAP, "edge")).items] == [
-        "edge"]
+    listed = (await kc.list(CONFIG_MAP, "edge")).items
+    assert {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in listed} == {
+        ("edge", "x"), ("edge", "kube-root-ca.crt")}  # the cluster's own CA bundle too
     await kc.delete(NAMESPACE, "edge")
 
 
@@ -334,7 +335,8 @@ async def test_list_pages_through_continue_tokens(kubeconfig: Path) -> None:
         for i in range(5):
             await kc.create(CONFIG_MAP, cm(f"p{i}"))
         listed = await kc.list(CONFIG_MAP, "default")
-        assert [o["metadata"]["name"] for o in listed.items] == [f"p{i}" for i in range(5)]
+        assert [o["metadata"]["name"] for o in listed.items] == [
+            "kube-root-ca.crt", *(f"p{i}" for i in range(5))]
         assert kc.requests["list"] == 3
 
 
