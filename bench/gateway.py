@@ -124,9 +124,9 @@ async def _pivot(tmp: Path) -> None:
         for server in (source, target):
             await server.start()
             server.load_crds(crd_files())
-        sim = CapiSimulator(source.registry, config=SimConfig(step_delay=0.01, resync=10.0),
-                            workload_server=lambda ns, name: target.url)
-        sim.start()
+        sim = CapiSimulator(source, config=SimConfig(step_delay=0.01, resync=10.0),
+                            workload_api=lambda ns, name: target)
+        await sim.start()
         src = await ApiKubeClient.from_kubeconfig(
             write_kubeconfig(tmp / "management.kubeconfig", "management", source.url))
         dst = await ApiKubeClient.from_kubeconfig(

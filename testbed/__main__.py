@@ -66,9 +66,9 @@ async def _up(args: argparse.Namespace) -> int:
         print("  kubectl get crds")
         print("  kubectl api-resources --api-group=cluster.x-k8s.io")
         print("(kubectl is in the project's virtual environment: .venv/bin/kubectl)")
-        if tb.management_capi is None:
-            print("Note: on the real API the simulated Cluster API and the kubelet stand-in do "
-                  "not run yet; the clusters serve the API, the CRDs and their controllers.")
+        if tb.kubelet is None:
+            print("Note: on the real API the kubelet stand-in does not run yet, so the workload "
+                  "cluster's Pods stay Pending; the simulated Cluster API does run.")
         print("Ctrl-C to stop.", flush=True)
         await stop.wait()
     finally:

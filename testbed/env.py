@@ -12,12 +12,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .apiserver import ApiServer
 from .backends import Backend, make_api
 from .capi import CapiSimulator, SimConfig
 from .crds import crd_files
 from .kubelet import Kubelet
 from .natsd import NatsServer
+
+# The workload cluster's CAPI controllers: its simulated CAPI acts once they are available.
+CONTROLLERS = ("deployments.apps", "capi-system", "capi-controller-manager")
 
 
 class Testbed:
@@ -28,33 +30,24 @@ class Testbed:
         self.state_dir = state_dir
         self.api = api
         self.nats = NatsServer(state_dir / "nats") if nats else None
-        if api != "emulated":
-            # The simulated CAPI and the kubelet stand-in still work on the emulator's registry
-            # in-process; until they speak HTTP only, a real testbed is the two APIs and NATS.
-            self.management: Any = make_api(api, "management", state_dir / "management",
-                                            port=management_port)
-            self.workload: Any = make_api(api, "workload", state_dir / "workload",
-                                          port=workload_port)
-            self.management_capi = self.workload_capi = None
-            self.kubelet = None
-            return
-        self.management = ApiServer("management", port=management_port)
-        self.workload = ApiServer("workload", port=workload_port)
+        self.management: Any = make_api(api, "management", state_dir / "management",
+                                        port=management_port)
+        self.workload: Any = make_api(api, "workload", state_dir / "workload",
+                                      port=workload_port)
         cfg = sim or SimConfig()
         self.management_capi = CapiSimulator(
-            self.management.registry, config=cfg,
-            workload_server=lambda ns, name: self.workload.url)
+            self.management, config=cfg, workload_api=lambda ns, name: self.workload)
         # A fresh workload cluster runs no CAPI until the gateway installs its controllers.
         self.workload_capi = CapiSimulator(
-            self.workload.registry, config=cfg,
-            workload_server=lambda ns, name: self.workload.url,
-            active=self._workload_controllers_available)
+            self.workload, config=cfg, workload_api=lambda ns, name: self.workload,
+            active=self._workload_controllers_available, watch=(CONTROLLERS[0],))
+        # The kubelet stand-in still runs Deployments on the emulator's registry in-process.
         self.kubelet = Kubelet(self.workload.registry, state_dir / "kubelet",
-                               self.workload.url) if kubelet else None
+                               self.workload.url) if kubelet and api == "emulated" else None
 
     def _workload_controllers_available(self) -> bool:
-        dep = self.workload.store.peek("deployments.apps",
-                                       ("capi-system", "capi-controller-manager"))
+        rkey, ns, name = CONTROLLERS
+        dep = self.workload_capi.api.cache.get(rkey, ns, name)
         return bool(dep and (dep.get("status") or {}).get("availableReplicas"))
 
     @property
@@ -76,9 +69,7 @@ class Testbed:
             f.unlink(missing_ok=True)
         await asyncio.gather(self.management.start(), self.workload.start())
         await self.management.install_crds(crd_files())
-        if self.management_capi is not None and self.workload_capi is not None:
-            self.management_capi.start()
-            self.workload_capi.start()
+        await asyncio.gather(self.management_capi.start(), self.workload_capi.start())
         if self.kubelet is not None:
             self.kubelet.api_url = self.workload.url  # known once the server listens
             self.kubelet.start()
@@ -97,8 +88,7 @@ class Testbed:
         if self.kubelet is not None:
             await self.kubelet.stop()
         for capi in (self.management_capi, self.workload_capi):
-            if capi is not None:
-                await capi.stop()
+            await capi.stop()
         with contextlib.suppress(Exception):
             await self.workload.stop()
         with contextlib.suppress(Exception):

@@ -39,11 +39,16 @@ def kubeconfig(name: str, server: str, *, token: str | None = "testbed",
 
 
 def write_kubeconfig(path: Path, name: str, server: str, **creds: Any) -> Path:
-    """Write atomically, so a script waiting for the file never reads half of it; `creds` as
-    `kubeconfig` takes them."""
+    """`kubeconfig(name, server, **creds)` written by `write_document`."""
+    return write_document(path, kubeconfig(name, server, **creds))
+
+
+def write_document(path: Path, doc: dict[str, Any]) -> Path:
+    """Write a kubeconfig atomically (a script waiting for the file never reads half of it),
+    readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(kubeconfig(name, server, **creds), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
     tmp.chmod(0o600)
     tmp.replace(path)
     return path

@@ -184,10 +184,10 @@ class Site:
         api = ApiServer("workload", bookmark_interval=0.5)
         await api.start()
         api.load_crds(crd_files())
-        sim = CapiSimulator(api.registry, config=SimConfig(step_delay=step_delay, resync=0.5),
-                            workload_server=lambda ns, name: api.url,
+        sim = CapiSimulator(api, config=SimConfig(step_delay=step_delay, resync=0.5),
+                            workload_api=lambda ns, name: api,
                             active=lambda: simulate)
-        sim.start()
+        await sim.start()
         nats_server = NatsServer(root / "nats")
         await nats_server.start()
         site = cls(api, sim, nats_server, root)

@@ -23,7 +23,7 @@ from aiohttp import web
 from kubernetes_asyncio import client
 
 from ..crds import load_documents
-from ..kubeconfig import write_kubeconfig
+from ..kubeconfig import kubeconfig, write_kubeconfig
 from . import discovery, errors, fieldmanager, openapi
 from .errors import ApiError
 from .faults import Faults, control
@@ -225,6 +225,9 @@ class ApiServer:
         cfg.api_key = {"BearerToken": "testbed"}
         cfg.api_key_prefix = {"BearerToken": "Bearer"}
         return cfg
+
+    def kubeconfig(self, context: str | None = None) -> dict[str, Any]:
+        return kubeconfig(context or self.name, self.url)
 
     def write_kubeconfig(self, path: Path, context: str | None = None) -> Path:
         return write_kubeconfig(path, context or self.name, self.url)

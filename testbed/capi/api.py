@@ -1,28 +1,32 @@
-"""In-process access to the emulated apiserver's registry, the way a controller's client is used.
+"""The simulated controllers' client: reads from the informers' cache, writes over HTTP.
 
-Writes go through the registry's REST semantics (validation, optimistic concurrency, generation),
-exactly as an HTTP client's would, but without the network. A failed write is logged and
-reported as None: controllers are level-triggered, so the next pass simply tries again.
+Reconcilers are plain synchronous functions run one at a time on the simulator's worker thread;
+a write blocks that thread until the API answers (the event loop, which may be serving that very
+API, stays free). A failed write is logged and reported as None: controllers are
+level-triggered, so the next pass simply tries again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
-from collections.abc import Iterator
-from typing import Any
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import aiohttp
 
 from testbed.apiserver.errors import ApiError
-from testbed.apiserver.registry import Registry
-from testbed.apiserver.resources import ResourceType
 
+from .cache import Cache
 from .conditions import with_conditions
+from .http import KubeHttp, ServedType
 from .util import (
     BOOTSTRAP_GROUP,
     CLUSTER_NAME_LABEL,
     CONTROLPLANE_GROUP,
     CORE_GROUP,
-    VERSION,
     Obj,
     api_group,
     children,
@@ -34,6 +38,9 @@ from .util import (
     owner_of_kind,
     owner_refs,
 )
+
+T = TypeVar("T")
+_WRITE_TIMEOUT = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +62,24 @@ def rkey(kind: Kind) -> str:
 
 
 class Api:
-    """Typed reads and error-tolerant writes on one registry, under one field manager."""
+    """Typed reads from the cache and error-tolerant writes through `http`."""
 
-    def __init__(self, registry: Registry, manager: str = "capi-simulator") -> None:
-        self.registry = registry
-        self.manager = manager
+    def __init__(self, cache: Cache, http: KubeHttp, loop: asyncio.AbstractEventLoop) -> None:
+        self.cache = cache
+        self.http = http
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
+        self.writes = 0  # writes that succeeded (how a caller tells the simulator is quiet)
 
     # -- types ------------------------------------------------------------------------------
-    def type(self, kind: Kind) -> ResourceType | None:
-        group, plural = kind
-        rt = self.registry.find_type(group, VERSION, plural)
-        if rt is None:
-            rt = next((t for t in self.registry.types()
-                       if t.group == group and t.plural == plural), None)
-        return rt
+    def type(self, kind: Kind) -> ServedType | None:
+        return self.cache.types.get(rkey(kind))
 
-    def type_of_kind(self, group: str, kind: str) -> ResourceType | None:
+    def type_of_kind(self, group: str, kind: str) -> ServedType | None:
         """The served type of an object reference's apiGroup and kind (versions differ per
         provider, v1beta2 references carry none)."""
-        return next((t for t in self.registry.types() if t.group == group and t.kind == kind),
-                    None)
+        return next((t for t in list(self.cache.types.values())
+                     if t.group == group and t.kind == kind), None)
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, kind: Kind, ns: str | None, name: str | None) -> Obj | None:
@@ -83,9 +88,8 @@ class Api:
             return None
         return self.get_typed(rt, ns, name)
 
-    def get_typed(self, rt: ResourceType, ns: str | None, name: str) -> Obj | None:
-        obj = self.registry.store.get(rt.key, (ns or "", name))
-        return _typed(rt, obj) if obj is not None else None
+    def get_typed(self, rt: ServedType, ns: str | None, name: str) -> Obj | None:
+        return self.cache.get(rt.key, ns, name)
 
     def get_ref(self, ref: Any, ns: str | None) -> Obj | None:
         """The object a v1beta2 ContractVersionedObjectReference ({apiGroup, kind, name}) names."""
@@ -99,9 +103,7 @@ class Api:
 
     def list_of(self, kind: Kind, ns: str | None = None) -> list[Obj]:
         rt = self.type(kind)
-        if rt is None:
-            return []
-        return [_typed(rt, copy.deepcopy(o)) for o in self.registry.store.items(rt.key, ns)]
+        return [] if rt is None else self.cache.items(rt.key, ns)
 
     def children(self, kind: Kind, owner: Obj) -> list[Obj]:
         """The objects of a kind that owner controls, oldest first."""
@@ -114,9 +116,8 @@ class Api:
             return None
         return self.get(MACHINES, meta(part).get("namespace"), str(ref.get("name", "")))
 
-    def iter_keys(self, rt: ResourceType, ns: str | None = None) -> Iterator[tuple[str, str]]:
-        for obj in self.registry.store.items(rt.key, ns):
-            yield meta(obj).get("namespace", ""), meta(obj)["name"]
+    def iter_keys(self, rt: ServedType, ns: str | None = None) -> Iterator[tuple[str, str]]:
+        yield from self.cache.keys(rt.key, ns)
 
     # -- cluster lookup ---------------------------------------------------------------------
     def cluster_of(self, obj: Obj) -> Obj | None:
@@ -140,29 +141,43 @@ class Api:
         return None
 
     # -- writes -----------------------------------------------------------------------------
-    def create(self, kind: Kind | ResourceType, ns: str | None, body: Obj) -> Obj | None:
-        rt = kind if isinstance(kind, ResourceType) else self.type(kind)
+    def _call(self, what: str, rt: ServedType, name: Any,
+              coro: Coroutine[Any, Any, T]) -> T | None:
+        """Run one request on the event loop and wait for its answer (None when it failed)."""
+        if threading.get_ident() == self._loop_thread:
+            coro.close()
+            raise RuntimeError("the simulator writes from its worker thread, never the loop")
+        try:
+            out = asyncio.run_coroutine_threadsafe(coro, self.loop).result(_WRITE_TIMEOUT)
+            self.writes += 1
+            return out
+        except ApiError as e:
+            level = logging.DEBUG if e.code in (404, 409) else logging.WARNING
+            log.log(level, "%s %s %s: %s %s", what, rt.kind, name, e.code, e.message)
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("%s %s %s: %r", what, rt.kind, name, e)
+        return None
+
+    def create(self, kind: Kind | ServedType, ns: str | None, body: Obj) -> Obj | None:
+        rt = kind if isinstance(kind, ServedType) else self.type(kind)
         if rt is None:
             log.warning("cannot create %s: kind not served", kind)
             return None
-        try:
-            return self.registry.create(rt, ns, body, manager=self.manager)
-        except ApiError as e:
-            self._log(e, "create", rt, meta(body).get("name"))
-            return None
+        out = self._call("create", rt, meta(body).get("name"), self.http.create(rt, ns, body))
+        if out is not None:
+            self.cache.put(rt, out)
+        return out
 
     def update(self, obj: Obj, status: bool = False) -> Obj | None:
         """Write obj back (its resourceVersion is the precondition); None on any API error."""
         rt = self._rt_of(obj)
         if rt is None:
             return None
-        try:
-            return self.registry.update(rt, meta(obj).get("namespace"), meta(obj)["name"], obj,
-                                        manager=self.manager,
-                                        subresource="status" if status else None)
-        except ApiError as e:
-            self._log(e, "update status of" if status else "update", rt, meta(obj).get("name"))
-            return None
+        out = self._call("update status of" if status else "update", rt, meta(obj).get("name"),
+                         self.http.update(rt, obj, status=status))
+        if out is not None:
+            self.cache.put(rt, out)
+        return out
 
     def update_spec(self, obj: Obj, **fields: object) -> Obj | None:
         """Write obj with these top-level spec fields set; None on any API error."""
@@ -194,28 +209,16 @@ class Api:
         rt = self._rt_of(obj)
         if rt is None or deleting(obj):
             return False
-        try:
-            self.registry.delete(rt, meta(obj).get("namespace"), meta(obj)["name"],
-                                 preconditions={"uid": meta(obj).get("uid")})
-        except ApiError as e:
-            self._log(e, "delete", rt, meta(obj).get("name"))
-            return False
+        done = self._call("delete", rt, meta(obj).get("name"), self._delete(rt, obj))
+        return done is not None
+
+    async def _delete(self, rt: ServedType, obj: Obj) -> bool:
+        await self.http.delete(rt, meta(obj).get("namespace"), meta(obj)["name"],
+                               meta(obj).get("uid"))
         return True
 
-    def _rt_of(self, obj: Obj) -> ResourceType | None:
+    def _rt_of(self, obj: Obj) -> ServedType | None:
         rt = self.type_of_kind(api_group(obj), str(obj.get("kind", "")))
         if rt is None:
             log.warning("no served type for %s %s", obj.get("apiVersion"), obj.get("kind"))
         return rt
-
-    @staticmethod
-    def _log(e: ApiError, verb: str, rt: ResourceType, name: Any) -> None:
-        level = logging.DEBUG if e.code in (404, 409) else logging.WARNING
-        log.log(level, "%s %s %s: %s %s", verb, rt.kind, name, e.code, e.message)
-
-
-def _typed(rt: ResourceType, obj: Obj) -> Obj:
-    """A stored object as clients see it: stamped with the served apiVersion and kind."""
-    obj["apiVersion"] = rt.api_version()
-    obj["kind"] = rt.kind
-    return obj

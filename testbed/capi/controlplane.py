@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import copy
 from datetime import timedelta
+from typing import Any
+
+from testbed.kubeconfig import kubeconfig
 
 from .api import KCPS, MACHINES
 from .conditions import flag, with_conditions
@@ -43,18 +46,18 @@ def running(m: Obj) -> bool:
     return dig(m, "status", "phase") == "Running" and dig(m, "status", "nodeRef") is not None
 
 
-def kubeconfig_server(ctx: Context, ns: str, cluster: Obj) -> str:
-    """The URL the kubeconfig Secret points at: the workload cluster's own API when there is
-    one, else the cluster's control plane endpoint (a placeholder that never answers)."""
+def cluster_kubeconfig(ctx: Context, ns: str, cluster: Obj) -> dict[str, Any]:
+    """What the kubeconfig Secret holds: the workload cluster's own admin kubeconfig when
+    there is one, else one for the control plane endpoint (a placeholder that never answers)."""
     name = meta(cluster)["name"]
-    url = ctx.workload_server(ns, name)
-    if url:
-        return url
+    workload = ctx.workload_api(ns, name)
+    if workload is not None:
+        return workload.kubeconfig(name)
     host = dig(cluster, "spec", "controlPlaneEndpoint", "host")
     port = dig(cluster, "spec", "controlPlaneEndpoint", "port")
     if not host:
         host, port = endpoint_for(ctx, ns, name)
-    return f"https://{host}:{port or 6443}"
+    return kubeconfig(name, f"https://{host}:{port or 6443}")
 
 
 class KubeadmControlPlaneReconciler(Reconciler):
@@ -82,7 +85,7 @@ class KubeadmControlPlaneReconciler(Reconciler):
         initialized = dig(kcp, "status", "initialization", "controlPlaneInitialized") is True \
             or any(running(m) for m in machines)
         secrets_ok = initialized and ensure_cluster_secrets(
-            api, ns, meta(cluster)["name"], kcp, kubeconfig_server(self.ctx, ns, cluster))
+            api, ns, meta(cluster)["name"], kcp, cluster_kubeconfig(self.ctx, ns, cluster))
         infra_ready = dig(cluster, "status", "initialization", "infrastructureProvisioned") is True
         if infra_ready and template is not None:
             self._scale(kcp, cluster, template, bootstrap_spec, machines, outdated, initialized)

@@ -26,9 +26,9 @@ INFRA_MACHINES = ((INFRA_GROUP, "devmachines"), (INFRA_GROUP, "vspheremachines")
 def endpoint_for(ctx: Context, ns: str, cluster: str) -> tuple[str, int]:
     """Where a cluster's API is reached: the workload server if there is one, else a
     placeholder name that never resolves."""
-    url = ctx.workload_server(ns, cluster)
-    if url:
-        parts = urlsplit(url)
+    workload = ctx.workload_api(ns, cluster)
+    if workload is not None:
+        parts = urlsplit(workload.url)
         if parts.hostname:
             return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
     return f"{cluster}.{ns}.cluster.invalid", 6443

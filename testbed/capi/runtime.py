@@ -1,32 +1,39 @@
-"""The controller runtime: one work queue fed by store events, timed requeues and a resync.
+"""The controller runtime: one work queue fed by the informers' events, timed requeues and a
+resync.
 
-Store listeners run synchronously inside the registry's write path, so they only enqueue keys;
-a single worker task then reconciles one key at a time. Reconcilers are synchronous functions
-over the in-process registry, so a pass never interleaves with another pass (no self-inflicted
-conflicts), and the worker yields to the event loop between keys so HTTP clients keep being
-served. Everything is level-triggered: a lost event costs at most one resync period.
+Events only enqueue keys (on the event loop); a single worker then reconciles one key at a time
+on its own thread, so a pass never interleaves with another pass (no self-inflicted conflicts)
+and its blocking writes never stall the loop, which may be serving the very API written to.
+Everything is level-triggered: a lost event costs at most one resync period.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
-
-from testbed.apiserver.registry import Registry
-from testbed.apiserver.store import Event
+from typing import Any, Protocol
 
 from .api import CLUSTERS, Api, Kind, rkey
+from .cache import Event
 from .conditions import condition
 from .util import PAUSED_ANNOTATION, Obj, annots, api_group, dig, meta, owner_refs
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]  # (resource key, namespace, name)
+
+
+class WorkloadApi(Protocol):
+    """A workload cluster's own API (either testbed backend), as its kubeconfig Secret names
+    it."""
+
+    @property
+    def url(self) -> str: ...
+    def kubeconfig(self, context: str) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -63,7 +70,7 @@ class Context:
     api: Api
     config: SimConfig
     timers: Timers
-    workload_server: Callable[[str, str], str | None]
+    workload_api: Callable[[str, str], WorkloadApi | None]
 
 
 class Reconciler:
@@ -92,9 +99,8 @@ def paused(cluster: Obj | None, obj: Obj) -> bool:
 
 
 class Runtime:
-    def __init__(self, registry: Registry, ctx: Context, reconcilers: list[Reconciler],
+    def __init__(self, ctx: Context, reconcilers: list[Reconciler],
                  active: Callable[[], bool]) -> None:
-        self.registry = registry
         self.ctx = ctx
         self.active = active
         self._by_rkey: dict[str, Reconciler] = {}
@@ -108,7 +114,8 @@ class Runtime:
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        registry.store.subscribe(self._on_event)
+        self._thread: ThreadPoolExecutor | None = None
+        self._pass: asyncio.Future[float | None] | None = None  # the pass under way
 
     # -- intake -----------------------------------------------------------------------------
     def enqueue(self, key: Key) -> None:
@@ -133,11 +140,11 @@ class Runtime:
         self._timers.pop(key, None)
         self.enqueue(key)
 
-    def _on_event(self, ev: Event) -> None:
+    def on_event(self, ev: Event) -> None:
         """Map a change to the keys whose state may depend on it (never write from here)."""
         try:
             self._map_event(ev)
-        except Exception:  # a listener must never break the registry's write path
+        except Exception:  # a listener must never stop an informer
             log.exception("mapping event for %s failed", ev.rkey)
 
     def _map_event(self, ev: Event) -> None:
@@ -172,7 +179,7 @@ class Runtime:
 
     def enqueue_namespace(self, ns: str | None) -> None:
         for rk in self._by_rkey:
-            rt = self.registry.type_of(rk)
+            rt = self.ctx.api.cache.types.get(rk)
             if rt is None:
                 continue
             for kns, name in self.ctx.api.iter_keys(rt, ns):
@@ -183,6 +190,7 @@ class Runtime:
         if self._tasks:
             return
         self._loop = asyncio.get_running_loop()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="capi-sim-worker")
         self._tasks = [self._loop.create_task(self._work(), name="capi-sim-worker"),
                        self._loop.create_task(self._resync(), name="capi-sim-resync")]
 
@@ -192,11 +200,23 @@ class Runtime:
         self._timers.clear()
         for t in self._tasks:
             t.cancel()
+        failure: BaseException | None = None
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await t
+            except asyncio.CancelledError:
+                pass
+            except Exception as e:  # the worker died: reported once everything is stopped
+                failure = failure or e
+        if self._pass is not None:  # let a pass end while the loop still answers its writes
+            await asyncio.wait([self._pass])
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
         self._tasks = []
         self._idle.set()
+        if failure is not None:
+            raise failure
 
     def scheduled(self, ns: str | None = None) -> list[Key]:
         """The keys (of namespace ns, or all) waiting for a timed requeue."""
@@ -228,6 +248,7 @@ class Runtime:
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(self.ctx.config.resync)
+            self.ctx.api.cache.rediscover()  # kinds installed since (CRDs) join in
             self.enqueue_namespace(None)
 
     async def _work(self) -> None:
@@ -237,32 +258,35 @@ class Runtime:
             while self._pending:
                 key = next(iter(self._pending))
                 del self._pending[key]
-                self._process(key)
-                await asyncio.sleep(0)
+                assert self._loop is not None and self._thread is not None
+                self._pass = self._loop.run_in_executor(self._thread, self._process, key)
+                delay = await asyncio.shield(self._pass)
+                self._pass = None
+                if delay is not None:
+                    self.enqueue_after(key, max(delay, 0.001))
             self._idle.set()
 
-    def _process(self, key: Key) -> None:
+    def _process(self, key: Key) -> float | None:
+        """One pass over one key, on the worker thread; seconds until the next, or None."""
         if not self.active():
-            return  # the resync brings everything back once the controllers are "installed"
+            return None  # the resync brings everything back once the controllers are installed
         rk, ns, name = key
         reconciler = self._by_rkey.get(rk)
-        rt = self.registry.type_of(rk)
+        rt = self.ctx.api.cache.types.get(rk)
         if reconciler is None or rt is None:
-            return
+            return None
         obj = self.ctx.api.get_typed(rt, ns or None, name)
         if obj is None:
-            return
+            return None
         try:
             cluster = self.ctx.api.cluster_of(obj) if rk != rkey(CLUSTERS) else obj
             if paused(cluster, obj):
                 self._mark_paused(obj)
-                return
-            delay = reconciler.reconcile(obj)
+                return None
+            return reconciler.reconcile(obj)
         except Exception:  # never crash on a half-formed object: log, skip, resync retries
             log.exception("reconciling %s %s/%s failed", rt.kind, ns, name)
-            return
-        if delay is not None:
-            self.enqueue_after(key, max(delay, 0.001))
+            return None
 
     def _mark_paused(self, obj: Obj) -> None:
         """A paused object only learns that it is paused; nothing else about it changes."""

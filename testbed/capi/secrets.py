@@ -11,10 +11,9 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+from typing import Any
 
 import yaml
-
-from testbed.kubeconfig import kubeconfig
 
 from .api import SECRETS, Api
 from .util import CLUSTER_NAME_LABEL, CLUSTER_SECRET_TYPE, Obj, meta, owner_ref
@@ -49,12 +48,9 @@ def _body(name: str, cluster: str, owner: Obj, data: dict[str, str]) -> Obj:
     }
 
 
-def kubeconfig_value(cluster: str, server: str) -> str:
-    return yaml.safe_dump(kubeconfig(cluster, server), sort_keys=False)
-
-
-def ensure_cluster_secrets(api: Api, ns: str, cluster: str, owner: Obj, server: str) -> bool:
-    """Create the CA secrets once and keep the kubeconfig pointing at `server`.
+def ensure_cluster_secrets(api: Api, ns: str, cluster: str, owner: Obj,
+                           config: dict[str, Any]) -> bool:
+    """Create the CA secrets once and keep the kubeconfig Secret holding `config`.
 
     Returns whether all of them exist now."""
     ok = True
@@ -68,7 +64,7 @@ def ensure_cluster_secrets(api: Api, ns: str, cluster: str, owner: Obj, server: 
                 "tls.key": b64(fake_pem("RSA PRIVATE KEY", seed + "/key", lines=16))}
         ok = api.create(SECRETS, ns, _body(name, cluster, owner, data)) is not None and ok
     name = f"{cluster}-kubeconfig"
-    value = b64(kubeconfig_value(cluster, server))
+    value = b64(yaml.safe_dump(config, sort_keys=False))
     current = api.get(SECRETS, ns, name)
     if current is None:
         return api.create(SECRETS, ns, _body(name, cluster, owner, {"value": value})) \

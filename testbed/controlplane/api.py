@@ -17,6 +17,7 @@ from testbed.apiserver.faults import Faults
 from testbed.crds import load_documents
 
 from .launcher import Binaries, ControlPlane, ControlPlaneError, built_binaries
+from .pki import admin_kubeconfig as pki_kubeconfig
 from .pki import write_kubeconfig
 from .proxy import FaultProxy
 
@@ -124,6 +125,10 @@ class RealApi:
         cfg.cert_file = str(pki.admin_cert)
         cfg.key_file = str(pki.admin_key)
         return cfg
+
+    def kubeconfig(self, context: str | None = None) -> dict[str, Any]:
+        assert self.control_plane is not None and self.control_plane.pki is not None
+        return pki_kubeconfig(self.url, self.control_plane.pki, name=context or self.name)
 
     def write_kubeconfig(self, path: Path, context: str | None = None) -> Path:
         assert self.control_plane is not None and self.control_plane.pki is not None

@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -153,8 +154,13 @@ def make_pki(directory: Path, *, cluster: str = "testbed", days: int = 365,
     return pki
 
 
-def write_kubeconfig(path: Path, server: str, pki: Pki, *, name: str = "testbed") -> Path:
+def admin_kubeconfig(server: str, pki: Pki, *, name: str = "testbed") -> dict[str, Any]:
     """A kubeconfig with the CA and the admin client certificate embedded (no file paths)."""
-    return kubeconfig.write_kubeconfig(path, name, server, ca=pki.ca_cert.read_bytes(),
-                                       cert=pki.admin_cert.read_bytes(),
-                                       key=pki.admin_key.read_bytes())
+    return kubeconfig.kubeconfig(name, server, ca=pki.ca_cert.read_bytes(),
+                                 cert=pki.admin_cert.read_bytes(),
+                                 key=pki.admin_key.read_bytes())
+
+
+def write_kubeconfig(path: Path, server: str, pki: Pki, *, name: str = "testbed") -> Path:
+    """`admin_kubeconfig`, written atomically."""
+    return kubeconfig.write_document(path, admin_kubeconfig(server, pki, name=name))

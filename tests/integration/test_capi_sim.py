@@ -1,5 +1,6 @@
-"""The simulated Cluster API, driven only over HTTP (kubernetes_asyncio) against the emulated
-apiserver, exactly as a management component would drive a real one."""
+"""The simulated Cluster API, driven only over HTTP (kubernetes_asyncio) exactly as a management
+component would drive the real one, on both API backends (the simulator itself reaches either
+over HTTP only)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import kube_config
 
-from testbed.apiserver import ApiServer
+from testbed.backends import KubeApi, make_api
 from testbed.capi import CapiSimulator, SimConfig
 from testbed.crds import crd_files
 
@@ -70,10 +71,15 @@ async def eventually(fn: Callable[[], Awaitable[Any]], timeout: float = 60.0) ->
         await asyncio.sleep(0.02)
 
 
-def versions(env: Env, ns: str) -> dict[tuple[str, str], str]:
-    """resourceVersion of every object in namespace ns."""
-    return {(rk, o["metadata"]["name"]): o["metadata"]["resourceVersion"]
-            for rk, o in env.server.store.all_items() if o["metadata"].get("namespace") == ns}
+async def versions(env: Env, ns: str) -> dict[tuple[str, str], str]:
+    """resourceVersion of every object in namespace ns, of each kind the simulator watches
+    (read afresh from the API)."""
+    out = {}
+    for t in list(env.sim.api.cache.types.values()):
+        items, _ = await env.sim.api.http.list(t)
+        out.update({(t.key, o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+                    for o in items if o["metadata"].get("namespace") == ns})
+    return out
 
 
 async def settled(env: Env, ns: str) -> bool:
@@ -82,10 +88,11 @@ async def settled(env: Env, ns: str) -> bool:
     (How a test shows that something does NOT happen, without watching a clock.)"""
     await env.sim.wait_idle()
     assert env.sim.scheduled(ns) == [], env.sim.scheduled(ns)
-    before = versions(env, ns)
+    before = await versions(env, ns)
+    assert env.sim.runtime is not None
     env.sim.runtime.enqueue_namespace(ns)
     await env.sim.wait_idle()
-    assert versions(env, ns) == before
+    assert await versions(env, ns) == before
     return True
 
 
@@ -146,7 +153,7 @@ class Kube:
 
 @dataclass
 class Env:
-    server: ApiServer
+    server: KubeApi
     sim: CapiSimulator
     kube: Kube
     switch: dict[str, bool]
@@ -157,24 +164,24 @@ class Env:
         return name
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env() -> AsyncIterator[Env]:
-    server = ApiServer()
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=[
+    "emulated", pytest.param("real", marks=pytest.mark.real)])
+async def env(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    server = make_api(request.param, "capi", tmp_path_factory.mktemp(f"capi-{request.param}"))
     await server.start()
-    server.load_crds(crd_files())
+    await server.install_crds(crd_files())
     config = SimConfig(step_delay=STEP, resync=0.5,
                        never_ready=lambda m: labels(m).get(NEVER_READY) == "true")
     # The "workload cluster" of namespace `self` is served by this very apiserver, so that the
     # kubeconfig Secret can be proven to work; other clusters get a placeholder URL.
     switch = {"active": True}
-    sim = CapiSimulator(server.registry, config=config,
-                        workload_server=lambda ns, name: server.url if ns == "self" else None,
+    sim = CapiSimulator(server, config=config,
+                        workload_api=lambda ns, name: server if ns == "self" else None,
                         active=lambda: switch["active"])
-    sim.start()
-    cfg = client.Configuration()
-    cfg.host = server.url
+    await sim.start()
     try:
-        async with ApiClient(cfg) as api:
+        async with ApiClient(server.client_configuration()) as api:
             yield Env(server, sim, Kube(api), switch)
     finally:
         await sim.stop()
@@ -410,10 +417,11 @@ async def test_control_plane_initializes_and_scales(env: Env) -> None:
 
     # A converged cluster costs no writes at all.
     await env.sim.wait_idle()
-    rv = env.server.store.rv
+    before = await versions(env, ns)
+    assert env.sim.runtime is not None
     env.sim.runtime.enqueue_namespace(ns)
     await env.sim.wait_idle()
-    assert env.server.store.rv == rv
+    assert await versions(env, ns) == before
 
 
 async def test_machine_deployment_scales(env: Env) -> None:

@@ -64,9 +64,9 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
         await server.start()
         server.load_crds(crd_files())
         # Both run CAPI: the target's is installed before the pivot, as the gateway does.
-        sim = CapiSimulator(server.registry, config=SimConfig(step_delay=0.02, resync=10.0),
-                            workload_server=lambda ns, n: target.url, active=active)
-        sim.start()
+        sim = CapiSimulator(server, config=SimConfig(step_delay=0.02, resync=10.0),
+                            workload_api=lambda ns, n: target, active=active)
+        await sim.start()
         sims.append(sim)
     src = await ApiKubeClient.from_kubeconfig(
         write_kubeconfig(tmp / "management.kubeconfig", "management", source.url))

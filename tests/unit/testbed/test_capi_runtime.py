@@ -14,7 +14,8 @@ from testbed.crds import crd_files
 async def test_waiting_for_idle_fails_once_the_worker_has_died() -> None:
     """A worker that died leaves its queue non-empty for ever: waiting for the simulator to be
     idle then says so instead of hanging."""
-    server = ApiServer()  # its registry only; nothing is served
+    server = ApiServer()
+    await server.start()
     server.load_crds(crd_files())
     reg = server.registry
     reg.create(reg.type_for("cluster.x-k8s.io", "v1beta2", "clusters"), "default", {
@@ -27,13 +28,17 @@ async def test_waiting_for_idle_fails_once_the_worker_has_died() -> None:
             raise RuntimeError("the worker dies here")
         return True
 
-    sim = CapiSimulator(reg, active=active)
-    sim.start()
-    await sim.wait_idle()
-    broken = True
-    sim.runtime.enqueue_namespace(None)
-    with pytest.raises(RuntimeError, match="worker has stopped") as e:
-        await asyncio.wait_for(sim.wait_idle(), 60)  # the bound only ends a hang
-    assert "the worker dies here" in str(e.value.__cause__)
-    with pytest.raises(RuntimeError, match="the worker dies here"):
-        await sim.stop()  # stopping reports it too
+    sim = CapiSimulator(server, active=active)
+    await sim.start()
+    try:
+        await sim.wait_idle()
+        broken = True
+        assert sim.runtime is not None
+        sim.runtime.enqueue_namespace(None)
+        with pytest.raises(RuntimeError, match="worker has stopped") as e:
+            await asyncio.wait_for(sim.wait_idle(), 60)  # the bound only ends a hang
+        assert "the worker dies here" in str(e.value.__cause__)
+        with pytest.raises(RuntimeError, match="the worker dies here"):
+            await sim.stop()  # stopping reports it too
+    finally:
+        await server.stop()
