@@ -66,9 +66,6 @@ async def _up(args: argparse.Namespace) -> int:
         print("  kubectl get crds")
         print("  kubectl api-resources --api-group=cluster.x-k8s.io")
         print("(kubectl is in the project's virtual environment: .venv/bin/kubectl)")
-        if tb.kubelet is None:
-            print("Note: on the real API the kubelet stand-in does not run yet, so the workload "
-                  "cluster's Pods stay Pending; the simulated Cluster API does run.")
         print("Ctrl-C to stop.", flush=True)
         await stop.wait()
     finally:

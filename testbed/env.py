@@ -41,9 +41,7 @@ class Testbed:
         self.workload_capi = CapiSimulator(
             self.workload, config=cfg, workload_api=lambda ns, name: self.workload,
             active=self._workload_controllers_available, watch=(CONTROLLERS[0],))
-        # The kubelet stand-in still runs Deployments on the emulator's registry in-process.
-        self.kubelet = Kubelet(self.workload.registry, state_dir / "kubelet",
-                               self.workload.url) if kubelet and api == "emulated" else None
+        self.kubelet = Kubelet(self.workload, state_dir / "kubelet") if kubelet else None
 
     def _workload_controllers_available(self) -> bool:
         rkey, ns, name = CONTROLLERS
@@ -71,8 +69,7 @@ class Testbed:
         await self.management.install_crds(crd_files())
         await asyncio.gather(self.management_capi.start(), self.workload_capi.start())
         if self.kubelet is not None:
-            self.kubelet.api_url = self.workload.url  # known once the server listens
-            self.kubelet.start()
+            await self.kubelet.start()
         if self.nats is not None:
             await self.nats.start()
         self.management.write_kubeconfig(self.management_kubeconfig, "management")

@@ -1,11 +1,15 @@
-"""A kubelet stand-in: one tainted control-plane node that runs Deployments' pods for real.
+"""A kubelet stand-in: it plays the node, on either API backend, over HTTP only.
 
-It registers its Node (with the control-plane NoSchedule taint, as the first kubeadm node has),
-schedules a Deployment's pods only if they tolerate that taint, and runs the containers it knows
-how to run as real local processes — the Outpost agent — with the environment, ConfigMaps and
-Secrets the pod spec asks for. Anything else (the CAPI controllers' image) is marked running once
-scheduled. So a broken install bundle (a missing toleration, a wrong Secret key, a bad setting)
-fails here the way it would fail on a cluster.
+It registers its Node (with the control-plane NoSchedule taint, as the first kubeadm node has,
+Ready, with capacity the scheduler can place Pods on) and keeps its Lease in kube-node-lease
+renewed, as a kubelet's heartbeat does. Deployments, ReplicaSets and scheduling are the
+controllers' business (the real ones on a real control plane, the emulator's stand-ins on it);
+this only runs the Pods bound to its Node: the containers it knows how to run become real local
+processes (the Outpost agent), with the environment, ConfigMaps and Secrets the Pod asks for;
+any other image is reported running. So a broken install bundle (a missing toleration, a wrong
+Secret key, a bad setting) fails here the way it would fail on a cluster. A process that exits
+is restarted with a growing delay (CrashLoopBackOff); Job Pods succeed at once; `keep_unready`
+names Pods that run but never become Ready.
 """
 
 from __future__ import annotations
@@ -13,42 +17,45 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import copy
-import hashlib
-import json
 import logging
 import os
 import shutil
 import signal
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import aiohttp
+from kubernetes_asyncio import client
 
 from .apiserver.errors import ApiError
-from .apiserver.registry import Registry
-from .apiserver.store import Event
-from .kubeconfig import write_kubeconfig
+from .capi.http import KubeHttp
+from .kubeconfig import write_document
 
 log = logging.getLogger(__name__)
 
 CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
 # Container commands this stand-in can run for real, mapped to local argv.
 RUNNABLE = {"outpost-agent": [sys.executable, "-m", "agent.daemon"]}
+LEASE_SECONDS = 40
+HEARTBEAT = 10.0
+Obj = dict[str, Any]
 
 
-def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
-    for t in tolerations or []:
-        if t.get("effect") not in (None, "", taint["effect"]):
-            continue
-        if t.get("operator") == "Exists" and not t.get("key"):
-            return True
-        if t.get("key") != taint["key"]:
-            continue
-        if t.get("operator", "Equal") == "Exists" or t.get("value", "") == taint.get("value",
-                                                                                        ""):
-            return True
-    return False
+class Cluster(Protocol):
+    """What the stand-in needs of its cluster's API (either testbed backend)."""
+
+    def client_configuration(self) -> client.Configuration: ...
+    def kubeconfig(self, context: str | None = None) -> dict[str, Any]: ...
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class PodError(Exception):
@@ -57,64 +64,143 @@ class PodError(Exception):
 
 @dataclass
 class Pod:
+    """A Pod this node runs: its process (None for an image only pretended), or why not."""
+
+    namespace: str
     name: str
+    uid: str
     process: asyncio.subprocess.Process | None = None
     log_file: Path | None = None
     error: str | None = None
-
-
-@dataclass
-class Workload:
-    key: tuple[str, str]
-    template_hash: str
-    pods: list[Pod] = field(default_factory=list)
+    started_at: str = field(default_factory=_now)
+    restarts: int = 0
+    restart_at: float = 0.0  # monotonic time of the next start after an exit
+    last_exit: int | None = None
 
 
 class Kubelet:
-    def __init__(self, registry: Registry, root: Path, api_url: str,
-                 node_name: str = "cp-a") -> None:
-        self.registry = registry
+    def __init__(self, api: Cluster, root: Path, node_name: str = "cp-a", *,
+                 keep_unready: Callable[[Obj], bool] = lambda pod: False) -> None:
+        self.api = api
         self.root = root
-        self.api_url = api_url
         self.node_name = node_name
-        self.workloads: dict[tuple[str, str], Workload] = {}
+        self.keep_unready = keep_unready
+        self.running: dict[str, Pod] = {}  # by Pod uid
+        self._http: KubeHttp | None = None
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- life cycle ------------------------------------------------------------------------
-    def start(self) -> None:
+    async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._register_node()
-        self.registry.store.subscribe(self._on_event)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="kubelet")
+        self._http = KubeHttp(self.api.client_configuration(), manager="kubelet")
+        await self._register_node()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(), name="kubelet"),
+                       loop.create_task(self._watch(), name="kubelet-watch"),
+                       loop.create_task(self._heartbeat(), name="kubelet-heartbeat")]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for wl in list(self.workloads.values()):
-            await self._stop_pods(wl)
-        self.workloads.clear()
+                await t
+        self._tasks = []
+        await asyncio.gather(*(self._stop_process(p) for p in self.running.values()))
+        self.running.clear()
+        if self._http is not None:
+            await self._http.close()
 
-    def _on_event(self, ev: Event) -> None:
-        if ev.rkey in ("deployments.apps", "secrets", "configmaps"):
-            self._wake.set()
+    def pods(self) -> list[Pod]:
+        return list(self.running.values())
 
-    def _register_node(self) -> None:
-        rt = self.registry.type_for("", "v1", "nodes")
-        node = {"metadata": {"name": self.node_name, "labels": {
-            "node-role.kubernetes.io/control-plane": "", "kubernetes.io/hostname":
-            self.node_name}}, "spec": {"taints": [dict(CONTROL_PLANE_TAINT)]}}
+    @property
+    def http(self) -> KubeHttp:
+        if self._http is None:
+            raise RuntimeError("the kubelet is not started")
+        return self._http
+
+    # -- the node --------------------------------------------------------------------------
+    def _node_status(self) -> Obj:
+        now = _now()
+        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                 "message": "kubelet is posting ready status", "lastHeartbeatTime": now,
+                 "lastTransitionTime": now}
+        capacity = {"cpu": "8", "memory": "16Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+        return {"conditions": [ready], "capacity": capacity, "allocatable": capacity,
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                              {"type": "Hostname", "address": self.node_name}],
+                "nodeInfo": {"kubeletVersion": "v1.37.2", "kubeProxyVersion": "",
+                             "operatingSystem": "linux", "architecture": "amd64",
+                             "containerRuntimeVersion": "testbed://1", "osImage": "testbed",
+                             "kernelVersion": "", "machineID": "", "systemUUID": "",
+                             "bootID": ""}}
+
+    async def _register_node(self) -> None:
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {
+            "name": self.node_name, "labels": {
+                "node-role.kubernetes.io/control-plane": "",
+                "kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux"}},
+            "spec": {"taints": [dict(CONTROL_PLANE_TAINT)]}}
         with contextlib.suppress(ApiError):
-            self.registry.create(rt, None, node, manager="kubelet")
-            current = self.registry.get(rt, None, self.node_name)
-            current["status"] = {"conditions": [{"type": "Ready", "status": "True",
-                                                 "reason": "KubeletReady",
-                                                 "message": "testbed kubelet is posting ready"}]}
-            self.registry.update(rt, None, self.node_name, current, subresource="status",
-                                 manager="kubelet")
+            await self.http.request("POST", "/api/v1/nodes", node,
+                                    {"fieldManager": "kubelet"})
+        await self._post_node_status()
+
+    async def _post_node_status(self) -> None:
+        await self.http.request(
+            "PATCH", f"/api/v1/nodes/{quote(self.node_name)}/status",
+            {"status": self._node_status()}, {"fieldManager": "kubelet"},
+            content_type="application/merge-patch+json")
+
+    async def _heartbeat(self) -> None:
+        """Renew the node's Lease (and its Ready condition) as a kubelet does, so the node
+        lifecycle controller never finds it gone."""
+        path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+        while True:
+            try:
+                spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": LEASE_SECONDS,
+                        "renewTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+                try:
+                    await self.http.request("PATCH", f"{path}/{quote(self.node_name)}",
+                                            {"spec": spec}, {"fieldManager": "kubelet"},
+                                            content_type="application/merge-patch+json")
+                except ApiError as e:
+                    if e.code != 404:
+                        raise
+                    await self.http.request("POST", path, {
+                        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": self.node_name}, "spec": spec},
+                        {"fieldManager": "kubelet"})
+                await self._post_node_status()
+            except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
+                log.warning("kubelet heartbeat failed: %s", e)
+            await asyncio.sleep(HEARTBEAT)
+
+    # -- pods ------------------------------------------------------------------------------
+    def _pods_path(self) -> str:
+        return "/api/v1/pods"
+
+    async def _list_pods(self) -> tuple[list[Obj], str]:
+        page = await self.http.request("GET", self._pods_path(), params={
+            "fieldSelector": f"spec.nodeName={self.node_name}"})
+        return list(page.get("items") or []), str(page["metadata"]["resourceVersion"])
+
+    async def _watch(self) -> None:
+        """Ring the sync loop whenever a Pod of this node changes (or the watch breaks)."""
+        while True:
+            try:
+                _, rv = await self._list_pods()
+                params = {"watch": "true", "resourceVersion": rv,
+                          "fieldSelector": f"spec.nodeName={self.node_name}",
+                          "timeoutSeconds": "240"}
+                async for _ in self.http.stream(self._pods_path(), params):
+                    self._wake.set()
+            except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+                log.debug("kubelet pod watch ended: %r", e)
+            self._wake.set()
+            await asyncio.sleep(0.2)
 
     async def _run(self) -> None:
         while True:
@@ -126,125 +212,128 @@ class Kubelet:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
 
-    # -- sync ------------------------------------------------------------------------------
     async def sync(self) -> None:
-        rt = self.registry.type_for("apps", "v1", "deployments")
+        pods, _ = await self._list_pods()
         seen = set()
-        for dep in list(self.registry.store.items(rt.key)):
-            meta = dep["metadata"]
-            key = (meta["namespace"], meta["name"])
-            seen.add(key)
-            if meta.get("deletionTimestamp"):
+        for pod in pods:
+            m = pod["metadata"]
+            if m.get("deletionTimestamp"):
+                await self._terminate(pod)
                 continue
-            template = (dep.get("spec") or {}).get("template") or {}
-            digest = hashlib.sha256(json.dumps([template, self._inputs(dep)],
-                                               sort_keys=True).encode()).hexdigest()[:12]
-            wl = self.workloads.get(key)
-            if wl is not None and wl.template_hash != digest:
-                await self._stop_pods(wl)
-                wl = None
-            if wl is None:
-                wl = Workload(key, digest)
-                self.workloads[key] = wl
-            await self._converge(dep, wl)
-            self._report(dep, wl)
-        for key in set(self.workloads) - seen:
-            await self._stop_pods(self.workloads.pop(key))
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            seen.add(m["uid"])
+            run = self.running.get(m["uid"])
+            if run is None:
+                run = Pod(m.get("namespace", ""), m["name"], m["uid"])
+                self.running[m["uid"]] = run
+                await self._start(pod, run)
+            elif run.process is not None and run.process.returncode is not None:
+                if run.last_exit is None:
+                    run.last_exit = run.process.returncode
+                    run.restart_at = time.monotonic() + min(2.0 ** run.restarts, 30.0)
+                if time.monotonic() >= run.restart_at:
+                    run.restarts += 1
+                    run.last_exit = None
+                    await self._start(pod, run)
+            await self._report(pod, run)
+        for uid in [u for u in self.running if u not in seen]:
+            await self._stop_process(self.running.pop(uid))
 
-    def _inputs(self, dep: dict[str, Any]) -> list[Any]:
-        """The Secrets and ConfigMaps a pod reads: a change to them restarts it, as a rollout
-        would after the bundle is reapplied."""
-        ns = dep["metadata"]["namespace"]
-        spec = (dep.get("spec") or {}).get("template", {}).get("spec") or {}
-        refs = []
-        for c in spec.get("containers") or []:
-            for src in c.get("envFrom") or []:
-                for kind in ("configMapRef", "secretRef"):
-                    if kind in src:
-                        refs.append((kind, src[kind].get("name")))
-        for v in spec.get("volumes") or []:
-            if "secret" in v:
-                refs.append(("secretRef", v["secret"].get("secretName")))
-            if "configMap" in v:
-                refs.append(("configMapRef", v["configMap"].get("name")))
-        out = []
-        for kind, name in refs:
-            plural = "secrets" if kind == "secretRef" else "configmaps"
-            obj = self.registry.store.peek(plural, (ns, name))
-            out.append([plural, name, obj["metadata"]["resourceVersion"] if obj else None])
-        return out
-
-    async def _converge(self, dep: dict[str, Any], wl: Workload) -> None:
-        want = int((dep.get("spec") or {}).get("replicas", 1))
-        wl.pods = [p for p in wl.pods if p.process is None or p.process.returncode is None
-                   or p.error]
-        spec = (dep.get("spec") or {}).get("template", {}).get("spec") or {}
-        if not tolerates(spec.get("tolerations") or [], CONTROL_PLANE_TAINT):
-            wl.pods = [Pod(f"{dep['metadata']['name']}-pending", error="0/1 nodes are "
-                           "available: 1 node(s) had untolerated taint "
-                           "{node-role.kubernetes.io/control-plane: }")]
-            return
-        while len(wl.pods) > want:
-            pod = wl.pods.pop()
-            await self._stop_pod(pod)
-        while len(wl.pods) < want:
-            suffix = hashlib.sha256(f"{wl.template_hash}-{len(wl.pods)}".encode()).hexdigest()
-            pod = Pod(f"{dep['metadata']['name']}-{wl.template_hash[:10]}-{suffix[:5]}")
-            wl.pods.append(pod)
-            try:
-                await self._start_pod(dep, pod)
-            except PodError as e:
-                pod.error = str(e)
-                log.warning("pod %s cannot start: %s", pod.name, e)
-
-    def _report(self, dep: dict[str, Any], wl: Workload) -> None:
-        running = [p for p in wl.pods if not p.error and (
-            p.process is None or p.process.returncode is None)]
-        errors = [p.error for p in wl.pods if p.error]
-        rt = self.registry.type_for("apps", "v1", "deployments")
-        status: dict[str, Any] = {
-            "observedGeneration": dep["metadata"].get("generation", 1),
-            "replicas": len(wl.pods), "readyReplicas": len(running),
-            "availableReplicas": len(running), "updatedReplicas": len(wl.pods),
-            "conditions": [{"type": "Available", "status": "True" if running else "False",
-                            "reason": "MinimumReplicasAvailable" if running else
-                            "MinimumReplicasUnavailable",
-                            "message": errors[0] if errors else "pods are running"}],
-        }
-        if not running:
-            status.pop("readyReplicas")
-            status.pop("availableReplicas")
-        if dep.get("status") == status:
-            return
-        new = copy.deepcopy(dep)
-        new["status"] = status
+    async def _terminate(self, pod: Obj) -> None:
+        """A Pod being deleted: stop its process, then confirm with a final delete, as the
+        kubelet does (the API keeps the Pod until then)."""
+        m = pod["metadata"]
+        run = self.running.pop(m["uid"], None)
+        if run is not None:
+            grace = float((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+            await self._stop_process(run, min(grace, 20.0))
         with contextlib.suppress(ApiError):
-            self.registry.update(rt, dep["metadata"]["namespace"], dep["metadata"]["name"],
-                                 new, subresource="status", manager="kubelet")
+            await self.http.request(
+                "DELETE", f"/api/v1/namespaces/{quote(m['namespace'])}/pods/{quote(m['name'])}",
+                {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                 "preconditions": {"uid": m["uid"]}})
 
-    # -- pods ------------------------------------------------------------------------------
-    def _lookup(self, plural: str, ns: str, name: str) -> dict[str, Any]:
-        obj = self.registry.store.peek(plural, (ns, name))
-        if obj is None:
-            kind = "secret" if plural == "secrets" else "configmap"
-            raise PodError(f'{kind} "{name}" not found')
-        return obj
+    def _is_job(self, pod: Obj) -> bool:
+        return any(r.get("kind") == "Job" for r in pod["metadata"].get("ownerReferences") or [])
 
-    def _data(self, plural: str, obj: dict[str, Any]) -> dict[str, str]:
+    async def _report(self, pod: Obj, run: Pod) -> None:
+        spec = pod.get("spec") or {}
+        containers = spec.get("containers") or []
+        alive = run.error is None and (run.process is None or run.process.returncode is None)
+        job = self._is_job(pod)
+        ready = alive and not job and not self.keep_unready(pod)
+        statuses = []
+        for c in containers:
+            st: Obj = {"name": c["name"], "image": c.get("image", ""), "imageID": "",
+                       "ready": ready, "restartCount": run.restarts,
+                       "started": alive and not job}
+            if run.error is not None:
+                st["state"] = {"waiting": {"reason": "CreateContainerConfigError",
+                                           "message": run.error}}
+            elif job:
+                st["state"] = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+            elif not alive:
+                st["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": (
+                    f"back-off restarting failed container {c['name']} in pod "
+                    f"{run.name}_{run.namespace}({run.uid})")}}
+                st["lastState"] = {"terminated": {"exitCode": run.last_exit or 0,
+                                                  "reason": "Error"}}
+            else:
+                st["state"] = {"running": {"startedAt": run.started_at}}
+            statuses.append(st)
+        phase = "Succeeded" if job else "Pending" if run.error is not None else "Running"
+        old = pod.get("status") or {}
+        conds = []
+        for type_, ok in (("PodScheduled", True), ("Initialized", True),
+                          ("ContainersReady", ready), ("Ready", ready)):
+            status = "True" if ok else "False"
+            prev: Obj = next((c for c in old.get("conditions") or []
+                              if c.get("type") == type_), {})
+            cond = {"type": type_, "status": status,
+                    "lastTransitionTime": prev.get("lastTransitionTime")
+                    if prev.get("status") == status else _now()}
+            if not ok:
+                cond["reason"] = "PodCompleted" if job else "ContainersNotReady"
+            conds.append(cond)
+        want = {"phase": phase, "conditions": conds, "hostIP": "127.0.0.1",
+                "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+                "startTime": old.get("startTime") or run.started_at,
+                "containerStatuses": statuses}
+        if all(old.get(k) == v for k, v in want.items()):
+            return  # a steady Pod costs no write
+        with contextlib.suppress(ApiError):
+            await self.http.request(
+                "PATCH", f"/api/v1/namespaces/{quote(run.namespace)}/pods/{quote(run.name)}/"
+                "status", {"status": want}, {"fieldManager": "kubelet"},
+                content_type="application/merge-patch+json")
+
+    # -- containers ------------------------------------------------------------------------
+    async def _lookup(self, plural: str, ns: str, name: str) -> Obj:
+        try:
+            return await self.http.request(
+                "GET", f"/api/v1/namespaces/{quote(ns)}/{plural}/{quote(name)}")
+        except ApiError as e:
+            if e.code == 404:
+                kind = "secret" if plural == "secrets" else "configmap"
+                raise PodError(f'{kind} "{name}" not found') from e
+            raise
+
+    def _data(self, plural: str, obj: Obj) -> dict[str, str]:
         data = dict(obj.get("data") or {})
         if plural == "secrets":
             return {k: base64.b64decode(v).decode() for k, v in data.items()}
         return {k: str(v) for k, v in data.items()}
 
-    def _env(self, ns: str, pod: Pod, container: dict[str, Any],
-             mounts: dict[str, Path]) -> dict[str, str]:
+    async def _env(self, ns: str, pod: Pod, container: Obj,
+                   mounts: dict[str, Path]) -> dict[str, str]:
         env: dict[str, str] = {}
         for src in container.get("envFrom") or []:
             for kind, plural in (("configMapRef", "configmaps"), ("secretRef", "secrets")):
                 if kind in src:
                     try:
-                        env.update(self._data(plural, self._lookup(plural, ns,
-                                                                   src[kind]["name"])))
+                        env.update(self._data(plural, await self._lookup(
+                            plural, ns, src[kind]["name"])))
                     except PodError:
                         if not src[kind].get("optional"):
                             raise
@@ -256,11 +345,12 @@ class Kubelet:
             if "fieldRef" in vf:
                 path = vf["fieldRef"].get("fieldPath")
                 env[item["name"]] = {"metadata.name": pod.name, "metadata.namespace": ns,
+                                     "metadata.uid": pod.uid,
                                      "spec.nodeName": self.node_name}.get(path, "")
             for kind, plural in (("secretKeyRef", "secrets"), ("configMapKeyRef", "configmaps")):
                 if kind in vf:
                     ref = vf[kind]
-                    data = self._data(plural, self._lookup(plural, ns, ref["name"]))
+                    data = self._data(plural, await self._lookup(plural, ns, ref["name"]))
                     if ref["key"] not in data:
                         raise PodError(f'couldn\'t find key {ref["key"]} in {plural[:-1]} '
                                        f'{ns}/{ref["name"]}')
@@ -273,8 +363,8 @@ class Kubelet:
                     break
         return env
 
-    def _volumes(self, ns: str, pod_dir: Path, spec: dict[str, Any],
-                 container: dict[str, Any]) -> dict[str, Path]:
+    async def _volumes(self, ns: str, pod_dir: Path, spec: Obj,
+                       container: Obj) -> dict[str, Path]:
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         mounts: dict[str, Path] = {}
         for m in container.get("volumeMounts") or []:
@@ -285,7 +375,7 @@ class Kubelet:
             if "secret" in v or "configMap" in v:
                 plural, ref = (("secrets", v["secret"].get("secretName")) if "secret" in v
                                else ("configmaps", v["configMap"].get("name")))
-                data = self._data(plural, self._lookup(plural, ns, ref))
+                data = self._data(plural, await self._lookup(plural, ns, ref))
                 local.mkdir(parents=True, exist_ok=True)
                 items = (v.get("secret") or v.get("configMap") or {}).get("items")
                 files = {i["path"]: data[i["key"]] for i in items} if items else data
@@ -300,34 +390,45 @@ class Kubelet:
             mounts[m["mountPath"]] = local / m["subPath"] if m.get("subPath") else local
         return mounts
 
-    async def _start_pod(self, dep: dict[str, Any], pod: Pod) -> None:
-        ns = dep["metadata"]["namespace"]
-        spec = (dep.get("spec") or {}).get("template", {}).get("spec") or {}
-        pod_dir = self.root / "pods" / pod.name
-        shutil.rmtree(pod_dir, ignore_errors=True)
-        pod_dir.mkdir(parents=True)
+    async def _start(self, pod: Obj, run: Pod) -> None:
+        """Start the Pod's containers this stand-in can run; an error is kept on `run`."""
+        run.error = None
+        try:
+            await self._start_containers(pod, run)
+        except PodError as e:
+            run.error = str(e)
+            log.warning("pod %s/%s cannot start: %s", run.namespace, run.name, e)
+
+    async def _start_containers(self, pod: Obj, run: Pod) -> None:
+        ns = run.namespace
+        spec = pod.get("spec") or {}
+        pod_dir = self.root / "pods" / run.name
+        if run.restarts == 0:
+            shutil.rmtree(pod_dir, ignore_errors=True)
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        run.started_at = _now()
         for container in spec.get("containers") or []:
             command = list(container.get("command") or [])
             if not command or command[0] not in RUNNABLE:
                 continue  # an image this stand-in cannot run: counted as running once placed
-            mounts = self._volumes(ns, pod_dir, spec, container)
-            env = self._env(ns, pod, container, mounts)
-            kubeconfig = write_kubeconfig(pod_dir / "kubeconfig", "in-cluster", self.api_url)
+            mounts = await self._volumes(ns, pod_dir, spec, container)
+            env = await self._env(ns, run, container, mounts)
+            kubeconfig = write_document(pod_dir / "kubeconfig",
+                                        self.api.kubeconfig("in-cluster"))
             env.setdefault("OUTPOST_AGENT_KUBECONFIG", str(kubeconfig))
             env.setdefault("OUTPOST_AGENT_HTTP_PORT", "0")
             env.setdefault("OUTPOST_AGENT_HTTP_HOST", "127.0.0.1")
             argv = RUNNABLE[command[0]] + command[1:] + list(container.get("args") or [])
-            pod.log_file = pod_dir / f"{container['name']}.log"
-            out = pod.log_file.open("ab")
-            pod.process = await asyncio.create_subprocess_exec(
-                *argv, env={"PATH": os.environ.get("PATH", ""), **env}, stdout=out,
-                stderr=asyncio.subprocess.STDOUT)
-            out.close()
-            log.info("started pod %s (%s) pid %d", pod.name, container["name"],
-                     pod.process.pid)
+            run.log_file = pod_dir / f"{container['name']}.log"
+            with run.log_file.open("ab") as out:
+                run.process = await asyncio.create_subprocess_exec(
+                    *argv, env={"PATH": os.environ.get("PATH", ""), **env}, stdout=out,
+                    stderr=asyncio.subprocess.STDOUT)
+            log.info("started pod %s/%s (%s) pid %d", ns, run.name, container["name"],
+                     run.process.pid)
 
-    async def _stop_pod(self, pod: Pod, grace: float = 20.0) -> None:
-        proc = pod.process
+    async def _stop_process(self, run: Pod, grace: float = 20.0) -> None:
+        proc = run.process
         if proc is None or proc.returncode is not None:
             return
         proc.send_signal(signal.SIGTERM)
@@ -336,10 +437,3 @@ class Kubelet:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-
-    async def _stop_pods(self, wl: Workload) -> None:
-        await asyncio.gather(*(self._stop_pod(p) for p in wl.pods))
-        wl.pods.clear()
-
-    def pods(self) -> list[Pod]:
-        return [p for wl in self.workloads.values() for p in wl.pods]

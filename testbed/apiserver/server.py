@@ -40,6 +40,7 @@ from .selectors import (
 )
 from .store import Obj, TooOld, Watcher, WatchFilter
 from .table import to_table
+from .workloads import WorkloadControllers
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class ApiServer:
         self.store = self.registry.store
         self.faults = Faults()
         self.controllers = ClusterControllers(self.registry, delay=gc_delay)
+        self.workloads = WorkloadControllers(self.registry)
         self.bookmark_interval = bookmark_interval
         self.fresh_wait = 3.0  # how long a read at a future resourceVersion waits before 504
         self.requests: Counter[str] = Counter()
@@ -170,6 +172,7 @@ class ApiServer:
         await self._runner.setup()
         await self._listen()
         self.controllers.start()
+        self.workloads.start()
 
     async def _listen(self) -> None:
         assert self._runner is not None
@@ -182,6 +185,7 @@ class ApiServer:
 
     async def stop(self) -> None:
         await self.controllers.stop()
+        await self.workloads.stop()
         self.store.close_watches()
         if self._runner is not None:
             await self._runner.cleanup()

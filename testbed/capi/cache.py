@@ -69,6 +69,9 @@ class Cache:
         self._gone: dict[str, dict[tuple[str, str], int]] = {}
         self._lock = threading.Lock()
         self._informers: dict[str, asyncio.Task[None]] = {}
+        # Kinds whose watch broke and that have not been listed again since: what the cache
+        # holds of them may miss objects, so the simulator waits rather than act on it.
+        self.stale: set[str] = set()
         self._listed: dict[str, asyncio.Event] = {}
         self._rediscover = asyncio.Event()
         self._discoverer: asyncio.Task[None] | None = None
@@ -111,6 +114,7 @@ class Cache:
             self._informers[key] = loop.create_task(self._inform(t), name=f"informer-{key}")
         for key in [k for k in self.types if k not in served]:
             self.types.pop(key)
+            self.stale.discard(key)
             task = self._informers.pop(key, None)
             if task is not None:
                 task.cancel()
@@ -159,6 +163,7 @@ class Cache:
             try:
                 items, rv = await self.http.list(t)
                 self._replace(t, items)
+                self.stale.discard(t.key)
                 self._listed[t.key].set()
                 backoff.reset()
                 while True:
@@ -168,8 +173,10 @@ class Cache:
             except ApiError as e:
                 if e.code == 404:  # the kind went away: discovery ends this informer
                     self.rediscover()
+                self.stale.add(t.key)
                 log.debug("informer %s: %s %s; listing again", t.key, e.code, e.message)
             except (_Relist, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+                self.stale.add(t.key)
                 log.debug("informer %s: %r; listing again", t.key, e)
             await asyncio.sleep(backoff.next())
 

@@ -82,8 +82,11 @@ class KubeHttp:
             await self._session.close()
 
     async def request(self, method: str, path: str, body: Obj | None = None,
-                      params: dict[str, str] | None = None, timeout: float = 30.0) -> Obj:
-        async with self._http().request(method, self.host + path, json=body, params=params,
+                      params: dict[str, str] | None = None, timeout: float = 30.0, *,
+                      content_type: str = "application/json") -> Obj:
+        data = None if body is None else json.dumps(body).encode()
+        async with self._http().request(method, self.host + path, data=data, params=params,
+                                        headers={"Content-Type": content_type},
                                         timeout=aiohttp.ClientTimeout(total=timeout)) as r:
             data = await r.read()
             if r.status >= 300:
@@ -135,13 +138,18 @@ class KubeHttp:
                 return items, str(page["metadata"]["resourceVersion"])
             params = {"limit": "500", "continue": token}
 
-    async def watch(self, t: ServedType, rv: str, timeout: int) -> AsyncIterator[Obj]:
+    def watch(self, t: ServedType, rv: str, timeout: int) -> AsyncIterator[Obj]:
         """The events of a watch from `rv` (bookmarks included), until the server ends it."""
-        params = {"watch": "true", "resourceVersion": rv, "allowWatchBookmarks": "true",
-                  "timeoutSeconds": str(timeout)}
-        async with self._http().get(self.host + t.path(), params=params,
-                                    timeout=aiohttp.ClientTimeout(total=timeout + 30,
-                                                                  sock_read=timeout + 30)) as r:
+        return self.stream(t.path(), {"watch": "true", "resourceVersion": rv,
+                                      "allowWatchBookmarks": "true",
+                                      "timeoutSeconds": str(timeout)})
+
+    async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[Obj]:
+        """The events of one watch request (`params` name it), until the server ends it."""
+        limit = float(params.get("timeoutSeconds", 300)) + 30
+        async with self._http().get(self.host + path, params=params,
+                                    timeout=aiohttp.ClientTimeout(total=limit,
+                                                                  sock_read=limit)) as r:
             if r.status >= 300:
                 raise _error(r.status, await r.read())
             async for line in r.content:

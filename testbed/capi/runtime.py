@@ -270,6 +270,8 @@ class Runtime:
         """One pass over one key, on the worker thread; seconds until the next, or None."""
         if not self.active():
             return None  # the resync brings everything back once the controllers are installed
+        if self.ctx.api.cache.stale:
+            return 0.05  # part of the cache is being listed again: never act on a partial view
         rk, ns, name = key
         reconciler = self._by_rkey.get(rk)
         rt = self.ctx.api.cache.types.get(rk)

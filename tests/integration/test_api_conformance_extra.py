@@ -68,9 +68,15 @@ async def watch_lines(api: ApiServer, path: str, n: int, **params: str) -> list[
 
 
 async def make_crd(api: ApiServer) -> None:
+    """Create the Widget CRD and return once the kind is served (a real server serves it a
+    moment after the create, once the CRD is Established)."""
     status, body = await call(api, "POST",
                               "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", CRD)
     assert status == 201, body
+
+    async def served() -> bool:
+        return (await call(api, "GET", WIDGETS))[0] == 200
+    await eventually(served)
 
 
 # -- resourceVersion semantics -----------------------------------------------------------------

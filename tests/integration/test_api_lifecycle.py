@@ -172,9 +172,17 @@ async def test_crd_registers_kind_at_run_time_and_removal_drops_objects(
     ext = client.ApiextensionsV1Api(kube)
     created = await ext.create_custom_resource_definition(CRD)
     assert created.metadata.name == "widgets.example.com"
-    crd = await ext.read_custom_resource_definition("widgets.example.com")
-    conds = {c.type: c.status for c in crd.status.conditions}
-    assert conds == {"NamesAccepted": "True", "Established": "True"}
+
+    async def established() -> None:  # at once on the emulator, a moment later on a real one
+        crd = await ext.read_custom_resource_definition("widgets.example.com")
+        conds = {c.type: c.status for c in crd.status.conditions or []}
+        assert conds == {"NamesAccepted": "True", "Established": "True"}, conds
+        try:
+            await client.CustomObjectsApi(kube).get_api_resources("example.com", "v1")
+        except ApiException as e:
+            raise AssertionError(f"not served yet: {e.status}") from e
+
+    await eventually(established)
     custom = client.CustomObjectsApi(kube)
     w = await custom.create_namespaced_custom_object(
         "example.com", "v1", "default", "widgets",

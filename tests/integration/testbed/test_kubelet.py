@@ -1,4 +1,6 @@
-"""The kubelet stand-in runs the real agent from a Deployment, or refuses as a node would."""
+"""The kubelet stand-in plays the node: the controllers (real ones, or the emulator's stand-ins)
+turn a Deployment into a Pod, the scheduler places it only where its tolerations allow, and the
+stand-in runs the real agent from it, or reports why it cannot, as a node would."""
 
 from __future__ import annotations
 
@@ -6,17 +8,25 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from testbed.apiserver import ApiServer
+import pytest
+
+from testbed.backends import KubeApi
 from testbed.kubelet import Kubelet
+from tests.fixtures.kube import http
 from tests.fixtures.site import eventually
+
+pytestmark = pytest.mark.both_backends
 
 TOLERATION = [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
                "effect": "NoSchedule"}]
+NS = "/api/v1/namespaces/default"
+DEPLOYMENT = "/apis/apps/v1/namespaces/default/deployments/agent"
 
 
 def deployment(tolerations: list[dict[str, Any]] | None, secret: str = "agent-secret",
                command: str = "outpost-agent") -> dict[str, Any]:
-    return {"metadata": {"name": "agent", "namespace": "default"}, "spec": {
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "agent", "namespace": "default"}, "spec": {
         "replicas": 1, "selector": {"matchLabels": {"app": "agent"}},
         "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {
             "tolerations": tolerations,
@@ -30,58 +40,118 @@ def deployment(tolerations: list[dict[str, Any]] | None, secret: str = "agent-se
             "volumes": [{"name": "keys", "secret": {"secretName": secret}}]}}}}
 
 
-async def test_runs_the_agent_process_with_its_config(api: ApiServer, tmp_path: Path) -> None:
-    reg = api.registry
-    reg.create(reg.type_for("", "v1", "configmaps"), "default", {
+async def call(api: KubeApi, method: str, path: str, body: Any = None,
+               content_type: str = "application/json") -> Any:
+    async with http(api) as s, s.request(method, api.url + path, json=body,
+                                         headers={"Content-Type": content_type}) as r:
+        out = await r.json()
+        assert r.status < 300, out
+        return out
+
+
+async def agent_pods(api: KubeApi) -> list[dict[str, Any]]:
+    return list((await call(api, "GET", NS + "/pods?labelSelector=app%3Dagent"))["items"])
+
+
+async def test_runs_the_agent_process_with_its_config(api: KubeApi, tmp_path: Path) -> None:
+    await call(api, "POST", NS + "/configmaps", {
         "metadata": {"name": "agent-config"},
         "data": {"OUTPOST_AGENT_CLUSTER_NAME": "edge-1",
                  "OUTPOST_AGENT_STATE_DIR": str(tmp_path / "state"),
                  "OUTPOST_AGENT_NATS_SERVERS": "nats://127.0.0.1:1"}})
-    reg.create(reg.type_for("", "v1", "secrets"), "default", {
+    await call(api, "POST", NS + "/secrets", {
         "metadata": {"name": "agent-secret"},
         "stringData": {"public-keys": "MCowBQYDK2VwAyEA\n"}})
-    kubelet = Kubelet(reg, tmp_path / "kubelet", api.url)
-    kubelet.start()
+    kubelet = Kubelet(api, tmp_path / "kubelet")
+    await kubelet.start()
     try:
-        node = api.store.get("nodes", ("", "cp-a"))
-        assert node is not None and node["spec"]["taints"][0]["effect"] == "NoSchedule"
+        node = await call(api, "GET", "/api/v1/nodes/cp-a")
+        assert node["spec"]["taints"][0]["effect"] == "NoSchedule"
         # Without the control-plane toleration the pod never schedules on the only node.
-        reg.create(reg.type_for("apps", "v1", "deployments"), "default", deployment(None))
+        await call(api, "POST", "/apis/apps/v1/namespaces/default/deployments",
+                   deployment(None))
 
-        def status() -> dict[str, Any]:
-            d = api.store.get("deployments.apps", ("default", "agent"))
-            return (d or {}).get("status") or {}
+        async def unschedulable() -> bool:
+            pods = await agent_pods(api)
+            assert len(pods) == 1, pods
+            conds = [c for c in (pods[0].get("status") or {}).get("conditions") or []
+                     if c["type"] == "PodScheduled"]
+            assert conds and conds[0]["reason"] == "Unschedulable", conds
+            return "untolerated taint" in conds[0]["message"]
 
-        await eventually(lambda: "untolerated taint" in str(status()), what="unschedulable")
-        assert not [p for p in kubelet.pods() if p.process is not None]
+        await eventually(unschedulable, what="unschedulable")
+        assert not kubelet.pods()
         # With it, the real agent process starts; it reads its mounted key file and exits
         # with a clear error because that key is not a valid Ed25519 key.
-        d = api.registry.get(reg.type_for("apps", "v1", "deployments"), "default", "agent")
-        d["spec"]["template"]["spec"]["tolerations"] = TOLERATION
-        reg.update(reg.type_for("apps", "v1", "deployments"), "default", "agent", d)
+        await call(api, "PATCH", DEPLOYMENT, {"spec": {"template": {"spec": {
+            "tolerations": TOLERATION}}}}, "application/merge-patch+json")
         await eventually(lambda: any(p.process is not None for p in kubelet.pods()),
                          what="process started")
         pod = next(p for p in kubelet.pods() if p.process is not None)
-        assert pod.process is not None
-        await asyncio.wait_for(pod.process.wait(), 60)
-        assert pod.log_file is not None
-        text = pod.log_file.read_text()
-        assert "cannot start" in text and pod.process.returncode == 2
+        proc, log_file = pod.process, pod.log_file  # (a restart replaces the process)
+        assert proc is not None and log_file is not None
+        assert await asyncio.wait_for(proc.wait(), 60) == 2
+        assert "cannot start" in log_file.read_text()
+
+        async def crash_looping() -> bool:
+            pods = [p for p in await agent_pods(api) if p["spec"].get("nodeName") == "cp-a"]
+            assert len(pods) == 1, pods
+            sts = (pods[0].get("status") or {}).get("containerStatuses") or []
+            assert len(sts) == 1, sts
+            return sts[0]["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff" and \
+                sts[0]["lastState"]["terminated"]["exitCode"] == 2
+
+        await eventually(crash_looping, what="CrashLoopBackOff reported")
     finally:
         await kubelet.stop()
 
 
-async def test_missing_secret_fails_the_pod(api: ApiServer, tmp_path: Path) -> None:
-    reg = api.registry
-    reg.create(reg.type_for("", "v1", "configmaps"), "default", {
-        "metadata": {"name": "agent-config"}, "data": {}})
-    kubelet = Kubelet(reg, tmp_path / "kubelet", api.url)
-    kubelet.start()
+async def test_a_ready_pod_makes_its_deployment_available(api: KubeApi, tmp_path: Path) -> None:
+    kubelet = Kubelet(api, tmp_path / "kubelet")
+    await kubelet.start()
     try:
-        reg.create(reg.type_for("apps", "v1", "deployments"), "default",
+        body = deployment(TOLERATION)
+        body["spec"]["template"]["spec"]["containers"][0].update(
+            command=["/manager"], envFrom=[], env=[], volumeMounts=[])
+        body["spec"]["template"]["spec"]["volumes"] = []
+        await call(api, "POST", "/apis/apps/v1/namespaces/default/deployments", body)
+
+        async def available() -> bool:
+            d = await call(api, "GET", DEPLOYMENT)
+            return (d.get("status") or {}).get("availableReplicas") == 1
+
+        await eventually(available, what="deployment available")
+        [pod] = await agent_pods(api)
+        assert pod["status"]["phase"] == "Running" and pod["spec"]["nodeName"] == "cp-a"
+        # Scaled to zero, the pod goes (the stand-in confirms its deletion, as a kubelet does).
+        await call(api, "PATCH", DEPLOYMENT, {"spec": {"replicas": 0}},
+                   "application/merge-patch+json")
+
+        async def gone() -> bool:
+            return not await agent_pods(api) and not kubelet.pods()
+
+        await eventually(gone, what="pod removed")
+    finally:
+        await kubelet.stop()
+
+
+async def test_missing_secret_fails_the_pod(api: KubeApi, tmp_path: Path) -> None:
+    await call(api, "POST", NS + "/configmaps", {"metadata": {"name": "agent-config"},
+                                                 "data": {}})
+    kubelet = Kubelet(api, tmp_path / "kubelet")
+    await kubelet.start()
+    try:
+        await call(api, "POST", "/apis/apps/v1/namespaces/default/deployments",
                    deployment(TOLERATION, secret="nope"))
-        await eventually(lambda: 'secret "nope" not found' in str(
-            (api.store.get("deployments.apps", ("default", "agent")) or {}).get("status")),
-            what="pod error reported")
+
+        async def config_error() -> bool:
+            pods = await agent_pods(api)
+            assert len(pods) == 1, pods
+            sts = (pods[0].get("status") or {}).get("containerStatuses") or []
+            assert len(sts) == 1, sts
+            return sts[0]["state"].get("waiting") == {
+                "reason": "CreateContainerConfigError", "message": 'secret "nope" not found'}
+
+        await eventually(config_error, what="pod error reported")
     finally:
         await kubelet.stop()

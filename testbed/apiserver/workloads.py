@@ -1,0 +1,278 @@
+"""The emulator's stand-ins for the deployment and replica-set controllers and the scheduler.
+
+On a real cluster kube-controller-manager turns a Deployment into a ReplicaSet per pod template
+and the ReplicaSet into Pods, kube-scheduler binds each Pod to a Node whose taints it tolerates,
+and the kubelet of that Node runs it and reports it ready. The emulator has no controller
+manager, so this module plays the first two the same way (the testbed's kubelet stand-in plays
+the node on either backend): a Deployment gets a `<name>-<template hash>` ReplicaSet with the
+`pod-template-hash` label, older ones are scaled to zero, Pods are named `<replicaset>-<5>`,
+and the statuses count ready Pods. A Pod no Node can take stays Pending with the scheduler's
+message. Rolling updates are not paced (the new set is scaled up at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import random
+import string
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import ApiError
+from .registry import Registry
+from .store import Event, Obj
+
+log = logging.getLogger(__name__)
+
+HASH_LABEL = "pod-template-hash"
+_SUFFIX = string.ascii_lowercase + string.digits
+_KEYS = ("deployments.apps", "replicasets.apps", "pods", "nodes")
+MANAGER = "kube-controller-manager"
+
+
+def tolerates(tolerations: list[dict[str, Any]] | None, taint: dict[str, Any]) -> bool:
+    """Whether a toleration matches a taint, by the scheduler's rules."""
+    for t in tolerations or []:
+        if t.get("effect") not in (None, "", taint.get("effect")):
+            continue
+        if t.get("operator") == "Exists" and not t.get("key"):
+            return True
+        if t.get("key") != taint.get("key"):
+            continue
+        if t.get("operator", "Equal") == "Exists" or t.get("value", "") == taint.get("value",
+                                                                                        ""):
+            return True
+    return False
+
+
+def _controller_uid(obj: Obj) -> str | None:
+    ref = next((r for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")),
+               None)
+    return str(ref.get("uid")) if ref else None
+
+
+def _owner(obj: Obj, kind: str, api_version: str) -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "name": obj["metadata"]["name"],
+            "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def _ready(pod: Obj) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _template_hash(template: Obj) -> str:
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+    return "".join(_SUFFIX[int(digest[i:i + 2], 16) % len(_SUFFIX)] for i in range(0, 20, 2))
+
+
+class WorkloadControllers:
+    def __init__(self, registry: Registry, delay: float = 0.02) -> None:
+        self.registry = registry
+        self._delay = delay
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        registry.store.subscribe(self._on_event)
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.rkey in _KEYS:
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                                name="testbed-workloads")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self._delay)
+            try:
+                self.sweep()
+            except Exception:  # a controller keeps running, as kube-controller-manager does
+                log.exception("workload controllers' pass failed")
+
+    def sweep(self) -> None:
+        store = self.registry.store
+        for d in list(store.items("deployments.apps")):
+            if not d["metadata"].get("deletionTimestamp"):
+                self._deployment(d)
+        for rs in list(store.items("replicasets.apps")):
+            if not rs["metadata"].get("deletionTimestamp"):
+                self._replica_set(rs)
+        for d in list(store.items("deployments.apps")):
+            if not d["metadata"].get("deletionTimestamp"):
+                self._deployment_status(d)
+        self._schedule()
+
+    # -- writes ----------------------------------------------------------------------------
+    def _write(self, plural: str, group: str, obj: Obj, *, status: bool = False) -> None:
+        rt = self.registry.type_for(group, "v1", plural)
+        with contextlib.suppress(ApiError):
+            self.registry.update(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"],
+                                 obj, manager=MANAGER, subresource="status" if status else None)
+
+    def _create(self, plural: str, group: str, ns: str, body: Obj) -> None:
+        rt = self.registry.type_for(group, "v1", plural)
+        with contextlib.suppress(ApiError):
+            self.registry.create(rt, ns, body, manager=MANAGER)
+
+    # -- deployments -----------------------------------------------------------------------
+    def _sets_of(self, d: Obj) -> list[Obj]:
+        ns, uid = d["metadata"]["namespace"], d["metadata"]["uid"]
+        return [rs for rs in self.registry.store.items("replicasets.apps", ns)
+                if _controller_uid(rs) == uid]
+
+    def _deployment(self, d: Obj) -> None:
+        spec = d.get("spec") or {}
+        want = int(spec.get("replicas", 1))
+        template = copy.deepcopy(spec.get("template") or {})
+        h = _template_hash(template)
+        name = f"{d['metadata']['name']}-{h}"
+        sets = self._sets_of(d)
+        if not any(rs["metadata"]["name"] == name for rs in sets):
+            template.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = h
+            selector = copy.deepcopy(spec.get("selector") or {})
+            selector.setdefault("matchLabels", {})[HASH_LABEL] = h
+            self._create("replicasets", "apps", d["metadata"]["namespace"], {
+                "metadata": {"name": name, "labels": {
+                    **(template["metadata"].get("labels") or {})},
+                    "ownerReferences": [_owner(d, "Deployment", "apps/v1")]},
+                "spec": {"replicas": want, "selector": selector, "template": template}})
+        for rs in sets:
+            replicas = want if rs["metadata"]["name"] == name else 0
+            if (rs.get("spec") or {}).get("replicas") != replicas:
+                new = copy.deepcopy(rs)
+                new["spec"]["replicas"] = replicas
+                self._write("replicasets", "apps", new)
+
+    def _deployment_status(self, d: Obj) -> None:
+        spec = d.get("spec") or {}
+        want = int(spec.get("replicas", 1))
+        h = _template_hash(spec.get("template") or {})
+        sets = self._sets_of(d)
+        pods = [p for rs in sets for p in self._pods_of(rs)]
+        updated = [p for p in pods if (p["metadata"].get("labels") or {}).get(HASH_LABEL) == h]
+        ready = sum(_ready(p) for p in pods)
+        # maxUnavailable defaults to 25%, rounded down: one replica must be up.
+        available_enough = ready >= want - (want // 4)
+        status: Obj = {"observedGeneration": d["metadata"].get("generation", 1),
+                       "replicas": len(pods), "updatedReplicas": len(updated),
+                       "readyReplicas": ready, "availableReplicas": ready,
+                       "unavailableReplicas": max(want - ready, 0)}
+        status = {k: v for k, v in status.items() if v or k == "observedGeneration"}
+        old = d.get("status") or {}
+        old_cond = {c.get("type"): c for c in old.get("conditions") or []}
+        conds = []
+        for type_, ok, reason, message in (
+                ("Available", available_enough,
+                 "MinimumReplicasAvailable" if available_enough else
+                 "MinimumReplicasUnavailable",
+                 "Deployment has minimum availability." if available_enough else
+                 "Deployment does not have minimum availability."),
+                ("Progressing", True,
+                 "NewReplicaSetAvailable" if len(updated) == ready == want else
+                 "ReplicaSetUpdated",
+                 f'ReplicaSet "{d["metadata"]["name"]}-{h}" '
+                 + ("has successfully progressed." if len(updated) == ready == want else
+                    "is progressing."))):
+            prev = old_cond.get(type_) or {}
+            same = prev.get("status") == ("True" if ok else "False") and \
+                prev.get("reason") == reason
+            conds.append({"type": type_, "status": "True" if ok else "False",
+                          "lastUpdateTime": prev.get("lastUpdateTime") if same else _now(),
+                          "lastTransitionTime": prev.get("lastTransitionTime")
+                          if prev.get("status") == ("True" if ok else "False") else _now(),
+                          "reason": reason, "message": message})
+        status["conditions"] = conds
+        if status != old:
+            new = copy.deepcopy(d)
+            new["status"] = status
+            self._write("deployments", "apps", new, status=True)
+
+    # -- replica sets ----------------------------------------------------------------------
+    def _pods_of(self, rs: Obj) -> list[Obj]:
+        ns, uid = rs["metadata"]["namespace"], rs["metadata"]["uid"]
+        return [p for p in self.registry.store.items("pods", ns)
+                if _controller_uid(p) == uid and not p["metadata"].get("deletionTimestamp")]
+
+    def _replica_set(self, rs: Obj) -> None:
+        want = int((rs.get("spec") or {}).get("replicas", 1))
+        pods = sorted(self._pods_of(rs), key=lambda p: p["metadata"]["creationTimestamp"])
+        ns = rs["metadata"]["namespace"]
+        for _ in range(want - len(pods)):
+            template = copy.deepcopy((rs.get("spec") or {}).get("template") or {})
+            name = f"{rs['metadata']['name']}-" + "".join(random.choices(_SUFFIX[:26], k=5))
+            meta = template.get("metadata") or {}
+            self._create("pods", "", ns, {
+                "metadata": {"name": name, "labels": meta.get("labels") or {},
+                             "annotations": meta.get("annotations") or {},
+                             "ownerReferences": [_owner(rs, "ReplicaSet", "apps/v1")]},
+                "spec": template.get("spec") or {}})
+        rt = self.registry.type_for("", "v1", "pods")
+        for p in pods[want:][::-1] if len(pods) > want else []:
+            with contextlib.suppress(ApiError):
+                self.registry.delete(rt, ns, p["metadata"]["name"])
+        pods = self._pods_of(rs)
+        ready = sum(_ready(p) for p in pods)
+        status = {k: v for k, v in {
+            "replicas": len(pods), "fullyLabeledReplicas": len(pods), "readyReplicas": ready,
+            "availableReplicas": ready,
+            "observedGeneration": rs["metadata"].get("generation", 1)}.items()
+            if v or k in ("replicas", "observedGeneration")}
+        if (rs.get("status") or {}) != status:
+            new = copy.deepcopy(rs)
+            new["status"] = status
+            self._write("replicasets", "apps", new, status=True)
+
+    # -- scheduler -------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        nodes = [n for n in self.registry.store.items("nodes")
+                 if not (n.get("spec") or {}).get("unschedulable")
+                 and any(c.get("type") == "Ready" and c.get("status") == "True"
+                         for c in (n.get("status") or {}).get("conditions") or [])]
+        for pod in list(self.registry.store.items("pods")):
+            spec = pod.get("spec") or {}
+            if spec.get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+                continue
+            fits = [n for n in nodes if all(
+                tolerates(spec.get("tolerations"), t)
+                for t in (n.get("spec") or {}).get("taints") or []
+                if t.get("effect") in ("NoSchedule", "NoExecute"))]
+            new = copy.deepcopy(pod)
+            if fits:
+                new["spec"]["nodeName"] = fits[0]["metadata"]["name"]
+                self._write("pods", "", new)
+                continue
+            message = self._unschedulable(nodes)
+            cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": message}
+            status = new.setdefault("status", {})
+            if status.get("conditions") != [cond] or status.get("phase") != "Pending":
+                status.update(phase="Pending", conditions=[cond])
+                self._write("pods", "", new, status=True)
+
+    def _unschedulable(self, nodes: list[Obj]) -> str:
+        total = len(list(self.registry.store.items("nodes")))
+        if not nodes:
+            return f"0/{total} nodes are available."
+        taint = ((nodes[0].get("spec") or {}).get("taints") or [{}])[0]
+        return (f"0/{total} nodes are available: {len(nodes)} node(s) had untolerated taint "
+                f"{{{taint.get('key')}: {taint.get('value', '')}}}.")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
