@@ -31,6 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from .procs import tied_to_parent
+
 __all__ = [
     "NatsServer",
     "NatsServerError",
@@ -283,7 +285,7 @@ class NatsServer:
         try:
             _log_banner(log_fd, "starting: " + " ".join(cmd))
             proc = await asyncio.create_subprocess_exec(
-                *cmd,
+                *tied_to_parent(cmd),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
+from ..procs import tied_to_parent
 from .pki import Pki, make_pki, write_kubeconfig
 
 __all__ = ["Binaries", "ControlPlane", "ControlPlaneError", "built_binaries", "free_port"]
@@ -221,7 +222,7 @@ class ControlPlane:
         log = self.root / f"{name}.log"
         with log.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                *tied_to_parent(argv), stdout=out, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL)
         p = _Proc(name, proc, log)
         self._procs.append(p)
