@@ -28,7 +28,9 @@ from agent.kube import resources as r
 from mgmt_gateway.daemon import Gateway
 from mgmt_gateway.settings import GatewaySettings
 
+from .backends import BACKENDS, Backend
 from .capi import SimConfig
+from .controlplane.launcher import ControlPlaneError
 from .crds import components_files
 from .env import Testbed
 
@@ -105,10 +107,11 @@ async def _poll(fn: Callable[[], Awaitable[Any]], interval: float = 0.2) -> Any:
         await asyncio.sleep(interval)
 
 
-async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.stdout) -> int:
+async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.stdout,
+              api: Backend = "emulated") -> int:
     demo = Demo(state, step_delay, timeout, out)
-    demo.say("starting the testbed: management + workload API, simulated CAPI, NATS")
-    async with Testbed(state, sim=SimConfig(step_delay=step_delay, resync=0.5)) as tb:
+    demo.say(f"starting the testbed: management + workload API ({api}), simulated CAPI, NATS")
+    async with Testbed(state, sim=SimConfig(step_delay=step_delay, resync=0.5), api=api) as tb:
         assert tb.nats is not None
         settings = GatewaySettings(
             kubeconfig=tb.management_kubeconfig, nats_servers=[tb.nats.url],
@@ -280,14 +283,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds per simulated machine phase (default: 0.25)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds each step may take before it counts as failed")
+    p.add_argument("--api", choices=BACKENDS, default="emulated",
+                   help="emulated: the in-process API servers (no Go needed, up in a second); "
+                        "real: etcd, kube-apiserver, controller manager and scheduler per "
+                        "cluster, built by `make controlplane` (default: emulated)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the components' logs")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(name)s %(levelname)s %(message)s")
-    if args.state_dir is not None:
-        return asyncio.run(run(args.state_dir.resolve(), args.step_delay, args.timeout))
-    with tempfile.TemporaryDirectory(prefix="outpost-demo-") as tmp:
-        return asyncio.run(run(Path(tmp), args.step_delay, args.timeout))
+    try:
+        if args.state_dir is not None:
+            return asyncio.run(run(args.state_dir.resolve(), args.step_delay, args.timeout,
+                                   api=args.api))
+        with tempfile.TemporaryDirectory(prefix="outpost-demo-") as tmp:
+            return asyncio.run(run(Path(tmp), args.step_delay, args.timeout, api=args.api))
+    except ControlPlaneError as e:
+        print(f"outpost-demo: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -194,12 +194,13 @@ class FaultProxy:
                     resp.headers.add(k, v)
             if watch:
                 self._watches.add(upstream)
-            await resp.prepare(request)
+            # Either side may go away mid-answer (a cut watch, a client that closed): the
+            # exchange just ends there, as it would between the client and the server.
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError,
                                      ConnectionResetError):
+                await resp.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await resp.write(chunk)
-            with contextlib.suppress(ConnectionResetError):
                 await resp.write_eof()
             return resp
         finally:
