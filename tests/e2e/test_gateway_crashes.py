@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.kube import ApiKubeClient, NotFound
 from agent.kube import resources as r
 from agent.spec import ClusterSpec
 from mgmt_gateway.state import ClusterRecord, RecordStore
+from testbed.backends import Backend
 from testbed.capi import SimConfig
 from testbed.crds import components_files
 from testbed.demo import AGENT_ENV, request
@@ -21,6 +24,8 @@ from tests.fixtures.site import eventually
 
 NS = "fleet"
 CLUSTER = "edge-1"
+
+pytestmark = pytest.mark.both_backends
 
 
 def gateway_env(tb: Testbed, state: Path) -> dict[str, str]:
@@ -46,8 +51,10 @@ async def progress(store: RecordStore) -> tuple[str, int]:
     return (rec.phase, len(rec.pivot_journal)) if rec else ("", 0)
 
 
-async def test_sigkill_after_every_step_still_reaches_managed(tmp_path: Path) -> None:
-    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.15, resync=0.5)) as tb:
+async def test_sigkill_after_every_step_still_reaches_managed(tmp_path: Path,
+        backend: Backend) -> None:
+    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.15, resync=0.5),
+                       api=backend) as tb:
         mgmt = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
         workload = await ApiKubeClient.from_kubeconfig(tb.workload_kubeconfig)
         store = RecordStore(mgmt)

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from agent.kube import ApiKubeClient, NotFound
 from agent.kube import resources as r
 from mgmt_gateway.daemon import Gateway
 from mgmt_gateway.publish import generate_signing_key
 from mgmt_gateway.settings import GatewaySettings
+from testbed.backends import Backend
 from testbed.capi import SimConfig
 from testbed.crds import components_files
 from testbed.demo import AGENT_ENV, request
@@ -22,6 +24,8 @@ from testbed.env import Testbed
 from tests.fixtures.site import eventually
 
 TOKEN = "t"
+
+pytestmark = pytest.mark.both_backends
 
 
 @asynccontextmanager
@@ -54,8 +58,10 @@ async def phase(http: aiohttp.ClientSession, base: str, name: str = "edge-1") ->
         return str((await resp.json()).get("phase", "")) if resp.status == 200 else ""
 
 
-async def test_bootstrap_completes_through_api_faults(tmp_path: Path) -> None:
-    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.05, resync=0.5)) as tb, \
+async def test_bootstrap_completes_through_api_faults(tmp_path: Path,
+        backend: Backend) -> None:
+    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.05, resync=0.5),
+                       api=backend) as tb, \
             gateway(tb, tmp_path / "gw") as (_, http, base):
         # Bursts of conflicts and server errors on the management API while it bootstraps.
         tb.management.faults.fail_next(6, 500, path="/apis/")
@@ -79,8 +85,10 @@ async def test_bootstrap_completes_through_api_faults(tmp_path: Path) -> None:
         assert tb.management.faults.injected >= 6
 
 
-async def test_bad_requests_create_nothing_and_delete_retires(tmp_path: Path) -> None:
-    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.3, resync=0.5)) as tb, \
+async def test_bad_requests_create_nothing_and_delete_retires(tmp_path: Path,
+        backend: Backend) -> None:
+    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.3, resync=0.5),
+                       api=backend) as tb, \
             gateway(tb, tmp_path / "gw") as (gw, http, base):
         bad: list[dict[str, Any]] = [
             {**request(3, 1), "name": "Not_A_Name"},
@@ -116,10 +124,12 @@ async def test_bad_requests_create_nothing_and_delete_retires(tmp_path: Path) ->
             await mgmt.close()
 
 
-async def test_two_gateway_replicas_create_each_cluster_once(tmp_path: Path) -> None:
+async def test_two_gateway_replicas_create_each_cluster_once(tmp_path: Path,
+        backend: Backend) -> None:
     key = tmp_path / "signing-key.pem"  # replicas share one signing key (a mounted Secret)
     generate_signing_key(key)
-    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.05, resync=0.5)) as tb, \
+    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.05, resync=0.5),
+                       api=backend) as tb, \
             gateway(tb, tmp_path / "gw-a", key) as (_, http_a, base_a), \
             gateway(tb, tmp_path / "gw-b", key) as (_, http_b, base_b):
         # Both replicas are asked at once: exactly one request wins, the other is told so.

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.kube import ApiKubeClient
 from agent.kube import resources as r
 from mgmt_gateway.state import LABEL
+from testbed.backends import Backend
 from testbed.capi import SimConfig
 from testbed.demo import request
 from testbed.env import Testbed
@@ -16,9 +19,13 @@ from tests.fixtures.site import eventually
 
 NS = "outpost-system"
 
+pytestmark = pytest.mark.both_backends
 
-async def test_a_garbled_record_does_not_stop_a_new_cluster(tmp_path: Path) -> None:
-    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.05, resync=0.5)) as tb, \
+
+async def test_a_garbled_record_does_not_stop_a_new_cluster(tmp_path: Path,
+        backend: Backend) -> None:
+    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.05, resync=0.5),
+                       api=backend) as tb, \
             gateway(tb, tmp_path / "gw") as (_, http, base):
         mgmt = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
         try:
