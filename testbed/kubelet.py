@@ -1,10 +1,11 @@
 """A kubelet stand-in: it plays the node, on either API backend, over HTTP only.
 
 It registers its Node (with the control-plane NoSchedule taint, as the first kubeadm node has,
-Ready, with capacity the scheduler can place Pods on) and keeps its Lease in kube-node-lease
-renewed, as a kubelet's heartbeat does. Deployments, ReplicaSets and scheduling are the
+Ready, with capacity the scheduler can place Pods on), then a Node for each Machine of the
+cluster that joins (control-plane ones tainted too), and keeps their Leases in kube-node-lease
+renewed, as kubelets' heartbeats do. Deployments, ReplicaSets and scheduling are the
 controllers' business (the real ones on a real control plane, the emulator's stand-ins on it);
-this only runs the Pods bound to its Node: the containers it knows how to run become real local
+this only runs the Pods bound to its Nodes: the containers it knows how to run become real local
 processes (the Outpost agent), with the environment, ConfigMaps and Secrets the Pod asks for;
 any other image is reported running. So a broken install bundle (a missing toleration, a wrong
 Secret key, a bad setting) fails here the way it would fail on a cluster. A process that exits
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
 # Container commands this stand-in can run for real, mapped to local argv.
 RUNNABLE = {"outpost-agent": [sys.executable, "-m", "agent.daemon"]}
+PODS = "/api/v1/pods"
+BOUND = "spec.nodeName!="  # every Pod a scheduler has placed
+MACHINES = "/apis/cluster.x-k8s.io/v1beta2/machines"
+CONTROL_PLANE_MACHINE = "cluster.x-k8s.io/control-plane"
 LEASE_SECONDS = 40
 HEARTBEAT = 10.0
 Obj = dict[str, Any]
@@ -69,6 +74,7 @@ class Pod:
     namespace: str
     name: str
     uid: str
+    node: str
     process: asyncio.subprocess.Process | None = None
     log_file: Path | None = None
     error: str | None = None
@@ -86,6 +92,8 @@ class Kubelet:
         self.node_name = node_name
         self.keep_unready = keep_unready
         self.running: dict[str, Pod] = {}  # by Pod uid
+        self.nodes: set[str] = set()  # the Nodes this stand-in plays
+        self._joined: set[str] = set()  # of them, those of Machines that joined
         self._http: KubeHttp | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -121,8 +129,8 @@ class Kubelet:
             raise RuntimeError("the kubelet is not started")
         return self._http
 
-    # -- the node --------------------------------------------------------------------------
-    def _node_status(self) -> Obj:
+    # -- the nodes -------------------------------------------------------------------------
+    def _node_status(self, name: str) -> Obj:
         now = _now()
         ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
                  "message": "kubelet is posting ready status", "lastHeartbeatTime": now,
@@ -130,72 +138,100 @@ class Kubelet:
         capacity = {"cpu": "8", "memory": "16Gi", "pods": "110", "ephemeral-storage": "100Gi"}
         return {"conditions": [ready], "capacity": capacity, "allocatable": capacity,
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                              {"type": "Hostname", "address": self.node_name}],
+                              {"type": "Hostname", "address": name}],
                 "nodeInfo": {"kubeletVersion": "v1.37.2", "kubeProxyVersion": "",
                              "operatingSystem": "linux", "architecture": "amd64",
                              "containerRuntimeVersion": "testbed://1", "osImage": "testbed",
                              "kernelVersion": "", "machineID": "", "systemUUID": "",
                              "bootID": ""}}
 
-    async def _register_node(self) -> None:
-        node = {"apiVersion": "v1", "kind": "Node", "metadata": {
-            "name": self.node_name, "labels": {
-                "node-role.kubernetes.io/control-plane": "",
-                "kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux"}},
-            "spec": {"taints": [dict(CONTROL_PLANE_TAINT)]}}
+    async def _register_node(self, name: str = "", control_plane: bool = True) -> None:
+        name = name or self.node_name
+        labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}
+        spec: Obj = {}
+        if control_plane:
+            labels["node-role.kubernetes.io/control-plane"] = ""
+            spec["taints"] = [dict(CONTROL_PLANE_TAINT)]
+        node = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": labels}, "spec": spec}
         with contextlib.suppress(ApiError):
             await self.http.request("POST", "/api/v1/nodes", node,
                                     {"fieldManager": "kubelet"})
-        await self._post_node_status()
+        self.nodes.add(name)
+        await self._post_node_status(name)
 
-    async def _post_node_status(self) -> None:
+    async def _post_node_status(self, name: str) -> None:
         await self.http.request(
-            "PATCH", f"/api/v1/nodes/{quote(self.node_name)}/status",
-            {"status": self._node_status()}, {"fieldManager": "kubelet"},
+            "PATCH", f"/api/v1/nodes/{quote(name)}/status",
+            {"status": self._node_status(name)}, {"fieldManager": "kubelet"},
             content_type="application/merge-patch+json")
 
+    async def _join_machines(self) -> None:
+        """Machines of this cluster (after the pivot) whose Node has joined (status.nodeRef)
+        get that Node, tainted if they are control-plane machines; a Node whose Machine is
+        gone is removed, as the machine controller removes it."""
+        try:
+            listed = await self.http.request("GET", MACHINES)
+        except ApiError as e:
+            if e.code == 404:  # Cluster API is not installed here (yet)
+                return
+            raise
+        want: dict[str, bool] = {}
+        for m in listed.get("items") or []:
+            ref = (m.get("status") or {}).get("nodeRef") or {}
+            if ref.get("name") and not m["metadata"].get("deletionTimestamp"):
+                want[ref["name"]] = CONTROL_PLANE_MACHINE in (m["metadata"].get("labels") or {})
+        for name, control_plane in want.items():
+            if name not in self.nodes:
+                await self._register_node(name, control_plane)
+                self._joined.add(name)
+        for name in [n for n in self._joined if n not in want]:
+            with contextlib.suppress(ApiError):
+                await self.http.request("DELETE", f"/api/v1/nodes/{quote(name)}")
+            self._joined.discard(name)
+            self.nodes.discard(name)
+
     async def _heartbeat(self) -> None:
-        """Renew the node's Lease (and its Ready condition) as a kubelet does, so the node
+        """Renew each node's Lease (and its Ready condition) as a kubelet does, so the node
         lifecycle controller never finds it gone."""
         path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
         while True:
-            try:
-                spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": LEASE_SECONDS,
-                        "renewTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+            for name in sorted(self.nodes):
                 try:
-                    await self.http.request("PATCH", f"{path}/{quote(self.node_name)}",
-                                            {"spec": spec}, {"fieldManager": "kubelet"},
-                                            content_type="application/merge-patch+json")
-                except ApiError as e:
-                    if e.code != 404:
-                        raise
-                    await self.http.request("POST", path, {
-                        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                        "metadata": {"name": self.node_name}, "spec": spec},
-                        {"fieldManager": "kubelet"})
-                await self._post_node_status()
-            except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
-                log.warning("kubelet heartbeat failed: %s", e)
+                    await self._renew(path, name)
+                    await self._post_node_status(name)
+                except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
+                    log.warning("kubelet heartbeat of %s failed: %s", name, e)
             await asyncio.sleep(HEARTBEAT)
 
-    # -- pods ------------------------------------------------------------------------------
-    def _pods_path(self) -> str:
-        return "/api/v1/pods"
+    async def _renew(self, path: str, name: str) -> None:
+        spec = {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+        try:
+            await self.http.request("PATCH", f"{path}/{quote(name)}", {"spec": spec},
+                                    {"fieldManager": "kubelet"},
+                                    content_type="application/merge-patch+json")
+        except ApiError as e:
+            if e.code != 404:
+                raise
+            await self.http.request("POST", path, {
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name}, "spec": spec}, {"fieldManager": "kubelet"})
 
+    # -- pods ------------------------------------------------------------------------------
     async def _list_pods(self) -> tuple[list[Obj], str]:
-        page = await self.http.request("GET", self._pods_path(), params={
-            "fieldSelector": f"spec.nodeName={self.node_name}"})
-        return list(page.get("items") or []), str(page["metadata"]["resourceVersion"])
+        page = await self.http.request("GET", PODS, params={"fieldSelector": BOUND})
+        pods = [p for p in page.get("items") or [] if p["spec"].get("nodeName") in self.nodes]
+        return pods, str(page["metadata"]["resourceVersion"])
 
     async def _watch(self) -> None:
-        """Ring the sync loop whenever a Pod of this node changes (or the watch breaks)."""
+        """Ring the sync loop whenever a bound Pod changes (or the watch breaks)."""
         while True:
             try:
                 _, rv = await self._list_pods()
-                params = {"watch": "true", "resourceVersion": rv,
-                          "fieldSelector": f"spec.nodeName={self.node_name}",
+                params = {"watch": "true", "resourceVersion": rv, "fieldSelector": BOUND,
                           "timeoutSeconds": "240"}
-                async for _ in self.http.stream(self._pods_path(), params):
+                async for _ in self.http.stream(PODS, params):
                     self._wake.set()
             except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
                 log.debug("kubelet pod watch ended: %r", e)
@@ -213,6 +249,7 @@ class Kubelet:
                 await asyncio.wait_for(self._wake.wait(), 1.0)
 
     async def sync(self) -> None:
+        await self._join_machines()
         pods, _ = await self._list_pods()
         seen = set()
         for pod in pods:
@@ -225,7 +262,7 @@ class Kubelet:
             seen.add(m["uid"])
             run = self.running.get(m["uid"])
             if run is None:
-                run = Pod(m.get("namespace", ""), m["name"], m["uid"])
+                run = Pod(m.get("namespace", ""), m["name"], m["uid"], pod["spec"]["nodeName"])
                 self.running[m["uid"]] = run
                 await self._start(pod, run)
             elif run.process is not None and run.process.returncode is not None:
@@ -346,7 +383,7 @@ class Kubelet:
                 path = vf["fieldRef"].get("fieldPath")
                 env[item["name"]] = {"metadata.name": pod.name, "metadata.namespace": ns,
                                      "metadata.uid": pod.uid,
-                                     "spec.nodeName": self.node_name}.get(path, "")
+                                     "spec.nodeName": pod.node}.get(path, "")
             for kind, plural in (("secretKeyRef", "secrets"), ("configMapKeyRef", "configmaps")):
                 if kind in vf:
                     ref = vf[kind]

@@ -6,8 +6,9 @@ and the kubelet of that Node runs it and reports it ready. The emulator has no c
 manager, so this module plays the first two the same way (the testbed's kubelet stand-in plays
 the node on either backend): a Deployment gets a `<name>-<template hash>` ReplicaSet with the
 `pod-template-hash` label, older ones are scaled to zero, Pods are named `<replicaset>-<5>`,
-and the statuses count ready Pods. A Pod no Node can take stays Pending with the scheduler's
-message. Rolling updates are not paced (the new set is scaled up at once).
+and the statuses count ready Pods. The scheduler honours taints and tolerations and the
+nodeSelector (not affinity); a Pod no Node can take stays Pending with the scheduler's message.
+Rolling updates are not paced (the new set is scaled up at once).
 """
 
 from __future__ import annotations
@@ -251,7 +252,9 @@ class WorkloadControllers:
             fits = [n for n in nodes if all(
                 tolerates(spec.get("tolerations"), t)
                 for t in (n.get("spec") or {}).get("taints") or []
-                if t.get("effect") in ("NoSchedule", "NoExecute"))]
+                if t.get("effect") in ("NoSchedule", "NoExecute")) and all(
+                (n["metadata"].get("labels") or {}).get(k) == v
+                for k, v in (spec.get("nodeSelector") or {}).items())]
             new = copy.deepcopy(pod)
             if fits:
                 new["spec"]["nodeName"] = fits[0]["metadata"]["name"]

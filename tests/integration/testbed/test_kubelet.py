@@ -155,3 +155,52 @@ async def test_missing_secret_fails_the_pod(api: KubeApi, tmp_path: Path) -> Non
         await eventually(config_error, what="pod error reported")
     finally:
         await kubelet.stop()
+
+
+async def test_a_joined_machine_brings_its_node(capi_api: KubeApi, tmp_path: Path) -> None:
+    kubelet = Kubelet(capi_api, tmp_path / "kubelet")
+    await kubelet.start()
+    machines = "/apis/cluster.x-k8s.io/v1beta2/namespaces/default/machines"
+    try:
+        await call(capi_api, "POST", machines, {
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "edge-1-md-x1"},
+            "spec": {"clusterName": "edge-1", "version": "v1.35.2",
+                     "bootstrap": {"dataSecretName": "edge-1-md-x1"},
+                     "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io",
+                                           "kind": "DevMachine", "name": "edge-1-md-x1"}}})
+        await call(capi_api, "PATCH", machines + "/edge-1-md-x1/status", {"status": {
+            "nodeRef": {"name": "edge-1-md-x1"}}}, "application/merge-patch+json")
+
+        async def joined() -> bool:
+            node = await call(capi_api, "GET", "/api/v1/nodes/edge-1-md-x1")
+            assert not node["spec"].get("taints"), node["spec"]  # a worker takes any Pod
+            return any(c["type"] == "Ready" and c["status"] == "True"
+                       for c in node["status"]["conditions"])
+
+        await eventually(joined, what="worker node joined")
+        # A Pod bound to it runs there.
+        body = deployment(None)
+        body["spec"]["template"]["spec"].update(
+            containers=[{"name": "app", "image": "app:1", "command": ["/app"]}], volumes=[],
+            nodeSelector={"kubernetes.io/hostname": "edge-1-md-x1"})
+        await call(capi_api, "POST", "/apis/apps/v1/namespaces/default/deployments", body)
+
+        async def running() -> bool:
+            pods = await agent_pods(capi_api)
+            assert len(pods) == 1, pods
+            return pods[0]["spec"].get("nodeName") == "edge-1-md-x1" and \
+                pods[0].get("status", {}).get("phase") == "Running"
+
+        await eventually(running, what="pod running on the worker")
+        # The Machine goes, and its Node with it.
+        await call(capi_api, "DELETE", machines + "/edge-1-md-x1")
+
+        async def node_gone() -> bool:
+            async with http(capi_api) as s, s.get(
+                    capi_api.url + "/api/v1/nodes/edge-1-md-x1") as r:
+                return r.status == 404
+
+        await eventually(node_gone, what="node removed")
+    finally:
+        await kubelet.stop()
