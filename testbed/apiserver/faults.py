@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
+
 from . import errors
 from .errors import ApiError
 
@@ -109,3 +111,36 @@ def control(faults: Faults, body: dict[str, Any], extra: tuple[str, ...] = ()) -
         raise errors.bad_request("action must be one of: "
                                  + ", ".join(("fail", "delay", "clear", *extra)))
     return {"ok": True}
+
+
+class Outage:
+    """`go_down` and `come_up` for a testbed server (the emulated API, the real one's proxy):
+    it stops listening and drops every open connection, then listens on the same port again.
+    The server provides `_runner`, `_site`, `_listen()` and `cut_watches()`."""
+
+    down = False
+    _runner: web.AppRunner | None
+    _site: web.BaseSite | None
+
+    async def _listen(self) -> None:
+        raise NotImplementedError
+
+    def cut_watches(self) -> int:
+        raise NotImplementedError
+
+    async def go_down(self) -> None:
+        """Become unreachable: stop listening and drop every open connection."""
+        self.down = True
+        self.cut_watches()
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        if self._runner is not None and self._runner.server is not None:
+            for conn in list(self._runner.server.connections):
+                if conn.transport is not None:
+                    conn.transport.close()
+
+    async def come_up(self) -> None:
+        if self._site is None:
+            await self._listen()
+        self.down = False

@@ -6,7 +6,6 @@ eventual (not instant) cascading deletion a real cluster gives them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import logging
@@ -18,6 +17,7 @@ from .errors import ApiError
 from .registry import CRD_CLEANUP, CRD_KEY, NS_KEY, Registry, set_condition
 from .resources import ResourceType
 from .store import Event, Obj
+from .sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,11 @@ ROOT_CA_DOC = ("Contains a CA bundle that can be used to verify the kube-apiserv
                "No other usage is guaranteed across distributions of Kubernetes clusters.")
 
 
-class ClusterControllers:
+class ClusterControllers(Sweeper):
+    name = "garbage-collector"
+
     def __init__(self, registry: Registry, delay: float = 0.02) -> None:
-        self.registry = registry
-        self._delay = delay
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(registry, delay)
         now = datetime.now(UTC)
         _, ca = make_ca("outpost-testbed-ca", now - timedelta(minutes=5),
                         now + timedelta(days=3650))
@@ -42,7 +41,7 @@ class ClusterControllers:
             self._fill_namespace(ns["metadata"]["name"])
 
     def _on_event(self, ev: Event) -> None:
-        self._wake.set()
+        self.wake()
         if ev.type == "ADDED" and ev.rkey == NS_KEY:
             self._fill_namespace(ev.obj["metadata"]["name"])
 
@@ -69,27 +68,6 @@ class ClusterControllers:
             else:
                 self.registry.update(cm, ns, ROOT_CA, {**current, "data": self._root_ca},
                                      manager="kube-controller-manager")
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="testbed-gc")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(self._delay)
-            try:
-                self.sweep()
-            except Exception:  # a controller keeps running, as kube-controller-manager does
-                log.exception("garbage collector sweep failed")
 
     def sweep(self) -> None:
         """One pass: collect orphans, finish foreground deletions, empty terminating namespaces."""

@@ -26,7 +26,7 @@ from ..crds import load_documents
 from ..kubeconfig import kubeconfig, write_kubeconfig
 from . import discovery, errors, fieldmanager, openapi
 from .errors import ApiError
-from .faults import Faults, control
+from .faults import Faults, Outage, control
 from .gc import ClusterControllers
 from .patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
 from .registry import Registry, now_rfc3339
@@ -132,7 +132,7 @@ def _set(obj: dict[str, Any], path: str, value: Any) -> None:
     obj[parts[-1]] = value
 
 
-class ApiServer:
+class ApiServer(Outage):
     """One emulated cluster's API server, listening on loopback over plain HTTP."""
 
     def __init__(self, name: str = "cluster", *, host: str = "127.0.0.1", port: int = 0,
@@ -190,23 +190,6 @@ class ApiServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def go_down(self) -> None:
-        """Become unreachable: stop listening and drop every open connection."""
-        self.down = True
-        self.store.close_watches()
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
-        if self._runner is not None and self._runner.server is not None:
-            for conn in list(self._runner.server.connections):
-                if conn.transport is not None:
-                    conn.transport.close()
-
-    async def come_up(self) -> None:
-        if self._site is None:
-            await self._listen()
-        self.down = False
 
     def cut_watches(self) -> int:
         return self.store.close_watches()

@@ -13,7 +13,6 @@ Rolling updates are not paced (the new set is scaled up at once).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import hashlib
@@ -27,6 +26,7 @@ from typing import Any
 from .errors import ApiError
 from .registry import Registry
 from .store import Event, Obj
+from .sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -72,39 +72,16 @@ def _template_hash(template: Obj) -> str:
     return "".join(_SUFFIX[int(digest[i:i + 2], 16) % len(_SUFFIX)] for i in range(0, 20, 2))
 
 
-class WorkloadControllers:
+class WorkloadControllers(Sweeper):
+    name = "workload-controllers"
+
     def __init__(self, registry: Registry, delay: float = 0.02) -> None:
-        self.registry = registry
-        self._delay = delay
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(registry, delay)
         registry.store.subscribe(self._on_event)
 
     def _on_event(self, ev: Event) -> None:
         if ev.rkey in _KEYS:
-            self._wake.set()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(),
-                                                                name="testbed-workloads")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(self._delay)
-            try:
-                self.sweep()
-            except Exception:  # a controller keeps running, as kube-controller-manager does
-                log.exception("workload controllers' pass failed")
+            self.wake()
 
     def sweep(self) -> None:
         store = self.registry.store

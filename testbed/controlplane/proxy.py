@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from testbed.apiserver.errors import ApiError
-from testbed.apiserver.faults import Faults, control
+from testbed.apiserver.faults import Faults, Outage, control
 
 from .pki import Pki
 
@@ -43,7 +43,7 @@ def _is_watch(request: web.Request) -> bool:
     return request.query.get("watch", "").lower() in ("true", "1") or "/watch/" in request.path
 
 
-class FaultProxy:
+class FaultProxy(Outage):
     """Listens on 127.0.0.1 (HTTPS, the cluster's serving certificate) and forwards to
     `upstream`; `url` is what clients use instead of the apiserver's own address."""
 
@@ -114,23 +114,6 @@ class FaultProxy:
         for s in (self._admin, self._anonymous):
             if s is not None:
                 await s.close()
-
-    async def go_down(self) -> None:
-        """Become unreachable: stop listening and drop every open connection."""
-        self.down = True
-        self.cut_watches()
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
-        if self._runner is not None and self._runner.server is not None:
-            for conn in list(self._runner.server.connections):
-                if conn.transport is not None:
-                    conn.transport.close()
-
-    async def come_up(self) -> None:
-        if self._site is None:
-            await self._listen()
-        self.down = False
 
     def cut_watches(self) -> int:
         """End every watch stream now, as an apiserver restart or a load balancer would."""

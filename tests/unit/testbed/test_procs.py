@@ -13,10 +13,16 @@ import pytest
 from testbed.procs import tied_to_parent
 
 ROOT = Path(__file__).resolve().parents[3]
+# The parent waits until the child runs `sleep` (so `setpriv` has armed the signal: a parent
+# that dies before that is not the case this guards), then kills itself.
 PARENT = """
-import os, signal, subprocess, sys
+import os, signal, subprocess, sys, time
+from pathlib import Path
 from testbed.procs import tied_to_parent
-child = subprocess.Popen(tied_to_parent(["sleep", "120"]))
+child = subprocess.Popen(tied_to_parent(["sleep", "120"]), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+while not Path(f"/proc/{child.pid}/cmdline").read_bytes().startswith(b"sleep"):
+    time.sleep(0.01)
 print(child.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
