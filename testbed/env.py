@@ -7,7 +7,6 @@ the tests prove.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -82,16 +81,20 @@ class Testbed:
     async def stop(self) -> None:
         for f in (self.management_kubeconfig, self.workload_kubeconfig, self.nats_url_file):
             f.unlink(missing_ok=True)
-        if self.kubelet is not None:
-            await self.kubelet.stop()
-        for capi in (self.management_capi, self.workload_capi):
-            await capi.stop()
-        with contextlib.suppress(Exception):
-            await self.workload.stop()
-        with contextlib.suppress(Exception):
-            await self.management.stop()
-        if self.nats is not None:
-            await self.nats.stop()
+        # Everything is stopped whatever one part raises (a simulator whose worker died
+        # re-raises its failure); the first failure is raised at the end.
+        failure: BaseException | None = None
+        parts = [self.kubelet, self.management_capi, self.workload_capi, self.workload,
+                 self.management, self.nats]
+        for part in parts:
+            if part is None:
+                continue
+            try:
+                await part.stop()
+            except Exception as e:
+                failure = failure or e
+        if failure is not None:
+            raise failure
 
     async def __aenter__(self) -> Testbed:
         await self.start()

@@ -46,6 +46,7 @@ RUNNABLE = {"outpost-agent": [sys.executable, "-m", "agent.daemon"]}
 PODS = "/api/v1/pods"
 BOUND = "spec.nodeName!="  # every Pod a scheduler has placed
 MACHINES = "/apis/cluster.x-k8s.io/v1beta2/machines"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 CONTROL_PLANE_MACHINE = "cluster.x-k8s.io/control-plane"
 LEASE_SECONDS = 40
 HEARTBEAT = 10.0
@@ -82,6 +83,7 @@ class Pod:
     restarts: int = 0
     restart_at: float = 0.0  # monotonic time of the next start after an exit
     last_exit: int | None = None
+    reported: Obj | None = None  # the status last written
 
 
 class Kubelet:
@@ -94,6 +96,7 @@ class Kubelet:
         self.running: dict[str, Pod] = {}  # by Pod uid
         self.nodes: set[str] = set()  # the Nodes this stand-in plays
         self._joined: set[str] = set()  # of them, those of Machines that joined
+        self._ready_since: dict[str, str] = {}
         self._http: KubeHttp | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -131,10 +134,9 @@ class Kubelet:
 
     # -- the nodes -------------------------------------------------------------------------
     def _node_status(self, name: str) -> Obj:
-        now = _now()
         ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
-                 "message": "kubelet is posting ready status", "lastHeartbeatTime": now,
-                 "lastTransitionTime": now}
+                 "message": "kubelet is posting ready status", "lastHeartbeatTime": _now(),
+                 "lastTransitionTime": self._ready_since.setdefault(name, _now())}
         capacity = {"cpu": "8", "memory": "16Gi", "pods": "110", "ephemeral-storage": "100Gi"}
         return {"conditions": [ready], "capacity": capacity, "allocatable": capacity,
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
@@ -186,22 +188,43 @@ class Kubelet:
                 await self._register_node(name, control_plane)
                 self._joined.add(name)
         for name in [n for n in self._joined if n not in want]:
-            with contextlib.suppress(ApiError):
-                await self.http.request("DELETE", f"/api/v1/nodes/{quote(name)}")
             self._joined.discard(name)
             self.nodes.discard(name)
+            with contextlib.suppress(ApiError):
+                await self.http.request("DELETE", f"/api/v1/nodes/{quote(name)}")
+            with contextlib.suppress(ApiError):
+                await self.http.request("DELETE", f"{LEASES}/{quote(name)}")
+            await self._orphaned(name)
+
+    async def _orphaned(self, node: str) -> None:
+        """Delete the Pods bound to a Node that is gone, as the pod garbage collector does, so
+        their controllers replace them elsewhere."""
+        listed = await self.http.request("GET", PODS, params={
+            "fieldSelector": f"spec.nodeName={node}"})
+        for p in listed.get("items") or []:
+            m = p["metadata"]
+            run = self.running.get(m["uid"])
+            if run is not None:
+                await self._stop_process(run)
+                self.running.pop(m["uid"], None)
+            with contextlib.suppress(ApiError):
+                await self.http.request(
+                    "DELETE", f"/api/v1/namespaces/{quote(m['namespace'])}/pods/"
+                    f"{quote(m['name'])}", {"kind": "DeleteOptions", "apiVersion": "v1",
+                                            "gracePeriodSeconds": 0})
 
     async def _heartbeat(self) -> None:
         """Renew each node's Lease (and its Ready condition) as a kubelet does, so the node
         lifecycle controller never finds it gone."""
-        path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
         while True:
             for name in sorted(self.nodes):
                 try:
-                    await self._renew(path, name)
+                    await self._renew(LEASES, name)
                     await self._post_node_status(name)
                 except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
                     log.warning("kubelet heartbeat of %s failed: %s", name, e)
+                except Exception:  # the heartbeat goes on, whatever one round met
+                    log.exception("kubelet heartbeat of %s failed", name)
             await asyncio.sleep(HEARTBEAT)
 
     async def _renew(self, path: str, name: str) -> None:
@@ -265,6 +288,11 @@ class Kubelet:
                 run = Pod(m.get("namespace", ""), m["name"], m["uid"], pod["spec"]["nodeName"])
                 self.running[m["uid"]] = run
                 await self._start(pod, run)
+            elif run.error is not None:
+                if time.monotonic() >= run.restart_at:  # the reference may resolve by now
+                    await self._start(pod, run)
+                    if run.error is not None:
+                        run.restart_at = time.monotonic() + 1.0
             elif run.process is not None and run.process.returncode is not None:
                 if run.last_exit is None:
                     run.last_exit = run.process.returncode
@@ -281,10 +309,13 @@ class Kubelet:
         """A Pod being deleted: stop its process, then confirm with a final delete, as the
         kubelet does (the API keeps the Pod until then)."""
         m = pod["metadata"]
-        run = self.running.pop(m["uid"], None)
+        run = self.running.get(m["uid"])
         if run is not None:
-            grace = float((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
-            await self._stop_process(run, min(grace, 20.0))
+            grace = m.get("deletionGracePeriodSeconds")
+            if grace is None:
+                grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+            await self._stop_process(run, min(float(30 if grace is None else grace), 20.0))
+            self.running.pop(m["uid"], None)
         with contextlib.suppress(ApiError):
             await self.http.request(
                 "DELETE", f"/api/v1/namespaces/{quote(m['namespace'])}/pods/{quote(m['name'])}",
@@ -337,13 +368,14 @@ class Kubelet:
                 "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
                 "startTime": old.get("startTime") or run.started_at,
                 "containerStatuses": statuses}
-        if all(old.get(k) == v for k, v in want.items()):
-            return  # a steady Pod costs no write
+        if run.reported == want and old.get("phase") == want["phase"]:
+            return  # a steady Pod costs no write (a server adds empty fields of its own)
         with contextlib.suppress(ApiError):
             await self.http.request(
                 "PATCH", f"/api/v1/namespaces/{quote(run.namespace)}/pods/{quote(run.name)}/"
                 "status", {"status": want}, {"fieldManager": "kubelet"},
                 content_type="application/merge-patch+json")
+            run.reported = want
 
     # -- containers ------------------------------------------------------------------------
     async def _lookup(self, plural: str, ns: str, name: str) -> Obj:

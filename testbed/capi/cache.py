@@ -10,7 +10,6 @@ guarded by a lock and every read returns a copy. A write's answer goes into the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import threading
@@ -89,9 +88,7 @@ class Cache:
             tasks.append(self._discoverer)
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._informers.clear()
         self._discoverer = None
 
@@ -110,6 +107,7 @@ class Cache:
             if old is not None:
                 old.cancel()
             self.types[key] = t
+            self.stale.add(key)  # nothing of it is known until its first list
             self._listed[key] = asyncio.Event()
             self._informers[key] = loop.create_task(self._inform(t), name=f"informer-{key}")
         for key in [k for k in self.types if k not in served]:
@@ -130,6 +128,8 @@ class Cache:
                 await self.discover()
             except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
                 log.debug("discovery failed, tried again at the next resync: %s", e)
+            except Exception:  # the loop goes on; the next resync rings again
+                log.exception("discovery failed")
 
     # -- reads (any thread) ----------------------------------------------------------------
     def get(self, key: str, ns: str | None, name: str) -> Obj | None:
@@ -162,7 +162,7 @@ class Cache:
         while True:
             try:
                 items, rv = await self.http.list(t)
-                self._replace(t, items)
+                self._replace(t, items, rv)
                 self.stale.discard(t.key)
                 self._listed[t.key].set()
                 backoff.reset()
@@ -178,6 +178,9 @@ class Cache:
             except (_Relist, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
                 self.stale.add(t.key)
                 log.debug("informer %s: %r; listing again", t.key, e)
+            except Exception:  # anything else (a line too long, a malformed event) too
+                self.stale.add(t.key)
+                log.exception("informer %s failed; listing again", t.key)
             await asyncio.sleep(backoff.next())
 
     async def _watch(self, t: ServedType, rv: str) -> str:
@@ -203,13 +206,22 @@ class Cache:
                 objs[_at(obj)] = obj
         self._notify(Event(typ, t.key, obj))
 
-    def _replace(self, t: ServedType, items: list[Obj]) -> None:
-        """A fresh list: what changed since the last one is told as events."""
+    def _replace(self, t: ServedType, items: list[Obj], list_rv: str) -> None:
+        """A fresh list: what changed since the last one is told as events. What the cache
+        learnt after the list was read (a write's answer, a deletion) is kept."""
+        at_rv = int(list_rv) if list_rv.isdigit() else 0
         fresh = {_at(o): o for o in items}
         with self._lock:
             old = self._objects.get(t.key, {})
+            gone = {at: rv for at, rv in self._gone.get(t.key, {}).items() if rv > at_rv}
+            for at, o in old.items():
+                if _rv(o) > at_rv and _rv(o) > _rv(fresh.get(at)):
+                    fresh[at] = o
+            for at, rv in gone.items():
+                if at in fresh and _rv(fresh[at]) <= rv:
+                    del fresh[at]
             self._objects[t.key] = fresh
-            self._gone.pop(t.key, None)
+            self._gone[t.key] = gone
         for at, o in fresh.items():
             if at not in old or _rv(old[at]) != _rv(o):
                 self._notify(Event("ADDED" if at not in old else "MODIFIED", t.key, o))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,16 +52,19 @@ class Timers:
 
     def __init__(self) -> None:
         self._start: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()  # the worker asks, the event loop forgets
 
     def remaining(self, uid: str, stage: str, delay: float) -> float:
         """Seconds left before `delay` has passed since this stage was first asked about."""
         now = time.monotonic()
-        start = self._start.setdefault((uid, stage), now)
+        with self._lock:
+            start = self._start.setdefault((uid, stage), now)
         return max(0.0, start + delay - now)
 
     def forget(self, uid: str) -> None:
-        for k in [k for k in self._start if k[0] == uid]:
-            del self._start[k]
+        with self._lock:
+            for k in [k for k in self._start if k[0] == uid]:
+                del self._start[k]
 
 
 @dataclass

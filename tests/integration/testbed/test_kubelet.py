@@ -153,6 +153,12 @@ async def test_missing_secret_fails_the_pod(api: KubeApi, tmp_path: Path) -> Non
                 "reason": "CreateContainerConfigError", "message": 'secret "nope" not found'}
 
         await eventually(config_error, what="pod error reported")
+        # Once the Secret exists the Pod starts, as a kubelet retries (the agent then stops on
+        # its bad settings: it starts, which is what this shows).
+        await call(api, "POST", NS + "/secrets", {"metadata": {"name": "nope"},
+                                                  "stringData": {"public-keys": "x\n"}})
+        await eventually(lambda: any(p.process is not None for p in kubelet.pods()),
+                         what="process started once the Secret exists")
     finally:
         await kubelet.stop()
 
