@@ -11,9 +11,11 @@ global default, because the gateway talks to many clusters from one process.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import json
 import os
+import tempfile
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import quote
 
 import aiohttp
+import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException
 from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
@@ -83,6 +86,18 @@ class ApiKubeClient:
         except (ConfigException, OSError, ValueError, KeyError) as e:
             raise KubeError(f"cannot load kubeconfig {path} (context {context!r}): {e}") from e
         return cls(cfg, request_timeout=request_timeout, user_agent=user_agent)
+
+    @classmethod
+    async def from_kubeconfig_data(cls, data: bytes | str, *, request_timeout: float = 30.0,
+                                   user_agent: str = "outpost-agent") -> ApiKubeClient:
+        """A client for the current context of a kubeconfig held in memory (a CAPI kubeconfig
+        Secret). Its keys never stay on disk: TLS needs them as files, so they are written to
+        a private directory (in memory where /dev/shm exists), loaded, and removed before this
+        returns. Supports a CA, client certificates and bearer tokens, not exec plugins."""
+        cfg = _config_from_kubeconfig(data)
+        made = cls(cfg, request_timeout=request_timeout, user_agent=user_agent)
+        _load_tls(made)
+        return made
 
     @classmethod
     def from_in_cluster(cls, *, secrets_dir: str | Path = SERVICE_ACCOUNT_DIR,
@@ -236,6 +251,13 @@ class ApiKubeClient:
         return await self._request("replace", "PUT", path,
                                    query=[("fieldManager", field_manager)], body=_typed(res, obj))
 
+    async def replace_status(self, res: Resource, obj: Obj, *, field_manager: str) -> Obj:
+        """PUT the status subresource: `obj`'s whole status replaces the stored one (spec and
+        metadata are ignored), with metadata.resourceVersion as compare-and-set."""
+        path = _path(res, _namespace_of(res, obj), _name_of(obj)) + "/status"
+        return await self._request("replace", "PUT", path,
+                                   query=[("fieldManager", field_manager)], body=_typed(res, obj))
+
     async def delete(self, res: Resource, name: str, namespace: str | None = None, *,
                      propagation: Propagation = "Background", uid: str | None = None) -> None:
         """Delete; a missing object is success. With `uid`, only that incarnation of the name
@@ -295,6 +317,59 @@ class ApiKubeClient:
             resp.release()
         raise _error(resp.status, _status_body(data), f"{method} {path}")
 
+
+
+def _load_tls(made: ApiKubeClient) -> None:
+    """Hand the in-memory TLS material of `made` to its TLS context through files that exist
+    only while it is read (see from_kubeconfig_data)."""
+    cfg = made.configuration
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(prefix="outpost-kc-",
+                                     dir=shm if shm.is_dir() else None) as tmp:
+        for attr in ("ssl_ca_cert", "cert_file", "key_file"):
+            pem = getattr(cfg, attr)
+            if pem is not None:
+                path = Path(tmp) / attr
+                path.touch(mode=0o600)
+                path.write_bytes(pem)
+                setattr(cfg, attr, str(path))
+        made._client()  # the TLS context reads the files now, and only now
+        for attr in ("ssl_ca_cert", "cert_file", "key_file"):
+            setattr(cfg, attr, None)
+
+
+def _config_from_kubeconfig(data: bytes | str) -> client.Configuration:
+    """The current context of a kubeconfig as a Configuration whose TLS material is still in
+    memory (bytes in `ssl_ca_cert`, `cert_file`, `key_file`), for from_kubeconfig_data."""
+    try:
+        doc = yaml.safe_load(data)
+        contexts = {c["name"]: c["context"] for c in doc.get("contexts") or ()}
+        ctx = contexts[doc.get("current-context") or next(iter(contexts))]
+        cluster = {c["name"]: c["cluster"] for c in doc["clusters"]}[ctx["cluster"]]
+        user = {u["name"]: u.get("user") or {} for u in doc.get("users") or ()}.get(
+            ctx.get("user"), {})
+        server = str(cluster["server"]).rstrip("/")
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError, StopIteration) as e:
+        raise KubeError(f"the kubeconfig is not usable: {type(e).__name__}: {e}") from None
+    if "exec" in user or "auth-provider" in user:
+        raise KubeError("the kubeconfig authenticates with a plugin; the gateway needs client "
+                        "certificates or a token")
+    cfg = client.Configuration()
+    cfg.host = server
+    cfg.verify_ssl = not cluster.get("insecure-skip-tls-verify", False)
+    try:
+        for attr, key in (("ssl_ca_cert", "certificate-authority-data"),
+                          ("cert_file", "client-certificate-data"),
+                          ("key_file", "client-key-data")):
+            source = cluster if attr == "ssl_ca_cert" else user
+            if source.get(key):
+                setattr(cfg, attr, base64.b64decode(source[key]))
+    except (ValueError, TypeError) as e:
+        raise KubeError(f"the kubeconfig holds invalid base64 data: {e}") from None
+    if user.get("token"):
+        cfg.api_key = {"BearerToken": str(user["token"])}
+        cfg.api_key_prefix = {"BearerToken": "Bearer"}
+    return cfg
 
 def _path(res: Resource, namespace: str | None, name: str | None = None) -> str:
     """The URL path of a collection or, with `name`, of one object."""

@@ -72,6 +72,10 @@ class KubeClient(Protocol):
 
     async def replace(self, res: Resource, obj: Obj, *, field_manager: str) -> Obj: ...
 
+    async def replace_status(self, res: Resource, obj: Obj, *, field_manager: str) -> Obj:
+        """PUT of the status subresource, compare-and-set on metadata.resourceVersion."""
+        ...
+
     async def delete(self, res: Resource, name: str, namespace: str | None = None, *,
                      propagation: Propagation = "Background",
                      uid: str | None = None) -> None:

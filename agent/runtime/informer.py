@@ -19,6 +19,14 @@ from .backoff import Backoff
 log = logging.getLogger(__name__)
 
 
+def object_key(obj: Obj) -> str:
+    """`namespace/name` for a namespaced object, `name` for a cluster-scoped one (the key of a
+    work queue item, as controller-runtime's NamespacedName)."""
+    meta = obj.get("metadata", {})
+    ns = meta.get("namespace")
+    return f"{ns}/{meta['name']}" if ns else str(meta["name"])
+
+
 def _rv(obj: Obj) -> int:
     try:
         return int(obj.get("metadata", {}).get("resourceVersion") or 0)
@@ -30,18 +38,26 @@ class Informer:
     def __init__(self, kube: KubeClient, res: Resource, namespace: str | None, *,
                  label_selector: str | None = None,
                  on_change: Callable[[str], None] = lambda why: None,
+                 on_object: Callable[[str], None] | None = None,
                  watch_timeout: int = 300) -> None:
         self.kube = kube
         self.res = res
         self.namespace = namespace
         self.label_selector = label_selector
         self.on_change = on_change
+        #: Called with the key of each object listed, added, changed or deleted: a
+        #: controller's event handler enqueues it.
+        self.on_object = on_object
         self.watch_timeout = watch_timeout
         #: Monotonic time of the last list, event, watch renewal or retry: only a call that
         #: never returns (a stuck watch) stops it.
         self.progress = time.monotonic()
+        #: By name when the informer watches one namespace (or a cluster-scoped type), by
+        #: `namespace/name` (object_key) when it watches a namespaced type in all namespaces.
         self.items: dict[str, Obj] = {}
         self.synced = asyncio.Event()
+        self._key = (object_key if namespace is None and res.namespaced
+                     else lambda o: str(o["metadata"]["name"]))
 
     def stalled(self, limit: float) -> bool:
         """True when nothing came from the API for longer than `limit` seconds (a healthy watch
@@ -53,7 +69,7 @@ class Informer:
 
     def store(self, obj: Obj) -> None:
         """Write-through after our own write, so the next pass does not act on stale data."""
-        name = obj["metadata"]["name"]
+        name = self._key(obj)
         current = self.items.get(name)
         if current is None or _rv(obj) >= _rv(current):
             self.items[name] = obj
@@ -87,11 +103,13 @@ class Informer:
     async def _list_and_watch(self, backoff: Backoff) -> None:
         listed = await self.kube.list(self.res, self.namespace,
                                       label_selector=self.label_selector)
-        self.items = {o["metadata"]["name"]: o for o in listed.items}
+        self.items = {self._key(o): o for o in listed.items}
         self.synced.set()
         self.progress = time.monotonic()
         backoff.reset()
         self._changed(f"listed {self.res.kind}")
+        for key in list(self.items):
+            self._object_changed(key)
         rv = listed.resource_version
         while True:
             async for ev in self.kube.watch(
@@ -101,14 +119,23 @@ class Informer:
                 rv = ev.resource_version or rv
                 if ev.type == "BOOKMARK":
                     continue
-                name = ev.object["metadata"]["name"]
+                name = self._key(ev.object)
                 if ev.type == "DELETED":
                     self.items.pop(name, None)
                 else:
                     self.items[name] = ev.object
                 self._changed(f"{ev.type} {self.res.kind}/{name}")
+                self._object_changed(name)
             # The server ended the watch (timeout): resume where we were.
             self.progress = time.monotonic()
+
+    def _object_changed(self, key: str) -> None:
+        if self.on_object is None:
+            return
+        try:
+            self.on_object(key)
+        except Exception:
+            log.exception("the object handler of the %s informer failed", self.res.plural)
 
     def _changed(self, why: str) -> None:
         try:

@@ -94,6 +94,7 @@ class LeaderElector:
                  lease_duration: float = 15.0, renew_deadline: float | None = None,
                  retry_period: float | None = None,
                  on_change: Callable[[bool], None] | None = None,
+                 field_manager: str = FIELD_MANAGER,
                  monotonic: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], datetime] = _utcnow) -> None:
         if renew_deadline is None:
@@ -112,6 +113,7 @@ class LeaderElector:
                              f"longer than renew_deadline ({renew_deadline} s), or another "
                              "replica could take the lease while this one still leads")
         self.kube = kube
+        self.field_manager = field_manager
         self.name = name
         self.namespace = namespace
         self.identity = identity
@@ -207,7 +209,7 @@ class LeaderElector:
             stored = await self.kube.create(r.LEASE, self._body(rec, None))
         else:
             stored = await self.kube.replace(r.LEASE, self._body(rec, base),
-                                             field_manager=FIELD_MANAGER)
+                                             field_manager=self.field_manager)
         # Leadership counts from before the request: no one can have seen it earlier.
         self._renewed_at = started
         self._observed = rec
@@ -293,5 +295,5 @@ class LeaderElector:
                 free = replace(rec, holder="", lease_duration=1, acquire_time=now,
                                renew_time=now)
                 self._lease = await self.kube.replace(r.LEASE, self._body(free, lease),
-                                                      field_manager=FIELD_MANAGER)
+                                                      field_manager=self.field_manager)
                 self._observed = free

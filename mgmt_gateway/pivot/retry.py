@@ -119,6 +119,10 @@ class CountingClient:
         self.calls += 1
         return await self.inner.replace(res, obj, field_manager=field_manager)
 
+    async def replace_status(self, res: Resource, obj: Obj, *, field_manager: str) -> Obj:
+        self.calls += 1
+        return await self.inner.replace_status(res, obj, field_manager=field_manager)
+
     async def delete(self, res: Resource, name: str, namespace: str | None = None, *,
                      propagation: Propagation = "Background", uid: str | None = None) -> None:
         self.calls += 1
