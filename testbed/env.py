@@ -13,7 +13,7 @@ from typing import Any
 
 from .backends import Backend, make_api
 from .capi import CapiSimulator, SimConfig
-from .crds import crd_files
+from .crds import crd_files, gateway_crd_files
 from .kubelet import Kubelet
 from .natsd import NatsServer
 
@@ -65,7 +65,7 @@ class Testbed:
         for f in (self.management_kubeconfig, self.workload_kubeconfig, self.nats_url_file):
             f.unlink(missing_ok=True)
         await asyncio.gather(self.management.start(), self.workload.start())
-        await self.management.install_crds(crd_files())
+        await self.management.install_crds([*crd_files(), *gateway_crd_files()])
         await asyncio.gather(self.management_capi.start(), self.workload_capi.start())
         if self.kubelet is not None:
             await self.kubelet.start()

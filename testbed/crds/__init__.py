@@ -21,6 +21,14 @@ def components_files() -> list[Path]:
     return [*crd_files(), *sorted(COMPONENTS.glob("*.yaml"))]
 
 
+GATEWAY_CRDS = ROOT.parents[1] / "manifests" / "gateway" / "crds"
+
+
+def gateway_crd_files() -> list[Path]:
+    """The management plane's own CRDs (OutpostCluster, ClusterProfile), as shipped."""
+    return sorted(GATEWAY_CRDS.glob("*.yaml"))
+
+
 def crd_files(*providers: str) -> list[Path]:
     """CRD YAML files of the given providers (`cluster-api`, `vsphere`); all when none named."""
     dirs = [ROOT / p for p in providers] if providers else sorted(p for p in ROOT.iterdir()
