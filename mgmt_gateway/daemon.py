@@ -1,8 +1,9 @@
-"""Composition root of the gateway: API, bootstrap worker, spec publisher, status collector.
+"""Composition root of the gateway: the OutpostCluster controller (informers, work queue,
+workers, leader election), the REST façade, the spec publisher and the status collector.
 
 Every background loop runs under the shared supervisor: a loop that fails is restarted with
-backoff, /healthz fails while the bootstrap loop stops beating, and a loop that cannot recover
-makes the process exit non-zero so Kubernetes restarts it with fresh state.
+backoff, /healthz fails while a worker or an informer stops making progress, and a loop that
+cannot recover makes the process exit non-zero so Kubernetes restarts it with fresh state.
 """
 
 from __future__ import annotations
@@ -19,19 +20,24 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from agent.kube import ApiKubeClient, KubeClient, KubeError
+from agent.kube import ApiKubeClient, KubeClient, KubeError, NotFound
 from agent.kube import resources as r
+from agent.runtime.leader import LeaderElector
 from agent.runtime.natslink import LinkSettings, NatsLink
 from agent.runtime.supervisor import Supervisor
 from agent.spec import logfmt, public_key_text
 from agent.spec.envelope import explain_settings
 
+from .adopt import adopt_records
 from .api import ApiDeps, make_app
 from .bootstrap import AgentInstall, Bootstrapper
+from .clusters import CLUSTER_PROFILE, MANAGER, OUTPOST_CLUSTER
+from .controller import ClusterController
+from .events import EventRecorder
 from .pivot import MemoryJournal, move
 from .publish import SpecPublisher, StatusCollector, generate_signing_key, load_signing_key
 from .settings import GatewaySettings
-from .state import RecordStore
+from .store import OutpostClusters
 
 log = logging.getLogger("outpost.gateway")
 
@@ -61,35 +67,86 @@ class Gateway:
             backoff_max=settings.retry_max_seconds))
         self.publisher = SpecPublisher(self._nc, key)
         self.statuses = StatusCollector(self._nc, backoff_max=settings.retry_max_seconds)
-        self.store = RecordStore(management, settings.namespace)
+        self.fleet = OutpostClusters(management)
         creds = (settings.agent_nats_credentials_file.read_text()
                  if settings.agent_nats_credentials_file else None)
         self.bootstrap = Bootstrapper(
-            self.store, management, self.publisher, components=settings.components,
+            self.fleet, management, self.publisher, components=settings.components,
             agent=AgentInstall(image=settings.agent_image,
                                nats_servers=settings.agent_nats_servers or settings.nats_servers,
                                public_keys=self.public_keys, nats_credentials=creds,
                                extra_env=settings.agent_env()),
-            work_dir=settings.work_dir, poll=settings.poll_seconds,
-            step_timeout=settings.step_timeout_seconds, retry_max=settings.retry_max_seconds,
-            registry=self.registry)
+            step_timeout=settings.step_timeout_seconds)
+        self.events = EventRecorder(management, MANAGER)
+        self._adopted = False
+        self._adopt_now = asyncio.Event()
+        self.elector: LeaderElector | None = None
+        if settings.leader_election:
+            self.elector = LeaderElector(
+                management, name="outpost-gateway", namespace=settings.namespace,
+                identity=settings.identity, lease_duration=settings.lease_duration_seconds,
+                field_manager=MANAGER)
+        elector = self.elector
+        self.controller = ClusterController(
+            self.fleet, self.bootstrap, self.statuses, self.events,
+            leading=(lambda: elector.is_leader) if elector else (lambda: True),
+            workers=settings.workers, poll=settings.poll_seconds,
+            retry_max=settings.retry_max_seconds, stale_after=settings.status_stale_seconds,
+            last_seen_refresh=settings.last_seen_refresh_seconds, registry=self.registry)
+        if elector is not None:
+            elector.on_change = self._leadership
         self.ready = False
         self.http_port = settings.http_port
 
+    def _leadership(self, leader: bool) -> None:
+        if leader and not self._adopted:
+            self._adopt_now.set()
+        self.controller.leadership_changed(leader)
+
     def app(self) -> web.Application:
         return make_app(ApiDeps(
-            records=self.store, statuses=self.statuses, wake=self.bootstrap.wake,
-            tokens=self.settings.tokens(), ready=lambda: self.ready,
-            live=self.supervisor.liveness, registry=self.registry))
+            fleet=self.fleet, statuses=self.statuses, tokens=self.settings.tokens(),
+            ready=lambda: self.ready, live=self.supervisor.liveness, registry=self.registry,
+            stale_after=self.settings.status_stale_seconds))
+
+    async def _adopt(self) -> None:
+        """Once leading: adopt the ConfigMap records of an older gateway (retried on error)."""
+        await self._adopt_now.wait()
+        await self.fleet.synced(timeout=3600)
+        count = await adopt_records(self.management, self.settings.namespace, self.events)
+        if count:
+            log.info("adopted %d cluster record(s) of an older gateway", count)
+        self._adopted = True
+        await asyncio.Event().wait()  # done; stay supervised without work
 
     def _supervise(self) -> None:
         sup = self.supervisor
+        live = self.settings.liveness_seconds
         sup.add("nats", self.nats.run)
         sup.add("status-collector", self.statuses.run)
-        sup.add("bootstrap", lambda: self.bootstrap.run(sup.heartbeat("bootstrap")),
-                liveness=self.settings.liveness_seconds)
+        sup.add("informer-outpostclusters", self.fleet.clusters.run)
+        sup.add("informer-clusterprofiles", self.fleet.profiles.run)
+        if self.elector is not None:
+            sup.add("leader-election", self.elector.run)
+        else:
+            self._adopt_now.set()
+        sup.add("adopt-records", self._adopt)
+        for i in range(self.settings.workers):
+            name = f"worker-{i}"
+            sup.add(name, lambda n=name: self.controller.run_worker(  # type: ignore[misc]
+                sup.heartbeat(n), beat_every=min(5.0, live / 4)), liveness=live)
+
+    async def _require_crds(self) -> None:
+        for res in (OUTPOST_CLUSTER, CLUSTER_PROFILE):
+            try:
+                await self.management.get(r.CRD, f"{res.plural}.{res.group}")
+            except NotFound:
+                raise ValueError(
+                    f"the management cluster does not serve {res.kind} ({res.api_version}): "
+                    "apply the CRDs first (kubectl apply -f manifests/gateway/crds)") from None
 
     async def run(self, stop: asyncio.Event) -> int:
+        await self._require_crds()
         await self.management.apply(r.NAMESPACE, {
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": self.settings.namespace}}, field_manager="outpost-gateway")
@@ -122,6 +179,8 @@ class Gateway:
             if not supervised.done():
                 supervised.cancel()
             await asyncio.gather(supervised, return_exceptions=True)
+            if self.elector is not None:
+                await self.elector.release()
             await self.nats.stop()
             await runner.cleanup()
 

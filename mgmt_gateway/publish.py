@@ -227,6 +227,8 @@ class StatusCollector:
         self.watching = False
         self._rewatch = asyncio.Event()
         self._warned: dict[str, int] = {}  # key -> KV revision of the last junk value logged
+        #: Called with the cluster's name after each new report (the controller enqueues it).
+        self.on_report: Callable[[str], None] | None = None
 
     def snapshot(self) -> dict[str, ObservedStatus]:
         """A consistent copy for one API answer."""
@@ -250,6 +252,8 @@ class StatusCollector:
             found = self.latest.pop(key, None) is not None
             self.last_seen.pop(key, None)
             self.kv_revision.pop(key, None)
+            if found:
+                self._reported(key)
             return found
         try:
             report = StatusReport.model_validate_json(value or b"")
@@ -263,7 +267,16 @@ class StatusCollector:
         self.last_seen[key] = stored_at or self._clock()
         self.kv_revision[key] = kv_revision
         self._warned.pop(key, None)
+        self._reported(key)
         return True
+
+    def _reported(self, key: str) -> None:
+        if self.on_report is None:
+            return
+        try:
+            self.on_report(key)
+        except Exception:  # a broken listener must not stop the watch
+            log.exception("the report listener failed for %s", key)
 
     def _junk(self, key: str, kv_revision: int, why: str) -> None:
         self.junk += 1

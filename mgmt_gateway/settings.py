@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +24,8 @@ class GatewaySettings(BaseSettings):
     kubeconfig: Path | None = Field(
         default=None, description="management cluster kubeconfig; in-cluster config when unset")
     namespace: str = Field(default="outpost-system",
-                           description="namespace of the gateway's cluster records")
+                           description="the gateway's own namespace: its lease, and the "
+                                       "ConfigMap cluster records of older versions it adopts")
     nats_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["nats://127.0.0.1:4222"],
         description="NATS URLs the gateway publishes specs to")
@@ -49,9 +53,25 @@ class GatewaySettings(BaseSettings):
                                          description="file with one accepted token per line")
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8443, ge=0, le=65535)
-    work_dir: Path = Field(default=Path("/var/lib/outpost-gateway"),
-                           description="workload kubeconfigs and scratch files")
-    poll_seconds: float = Field(default=2.0, gt=0)
+    poll_seconds: float = Field(
+        default=2.0, gt=0,
+        description="how soon a cluster waiting on Cluster API or its agent is looked at again")
+    workers: int = Field(default=4, ge=1, le=256,
+                         description="OutpostClusters reconciled at once")
+    leader_election: bool = Field(
+        default=True, description="elect one acting replica on a Lease (off: this one acts)")
+    lease_duration_seconds: float = Field(
+        default=15.0, gt=1, description="how long a silent leader keeps the lease")
+    identity: str = Field(
+        default_factory=lambda: (f"{os.environ.get('POD_NAME') or socket.gethostname()}_"
+                                 f"{uuid.uuid4().hex[:8]}"),
+        description="this replica's name in the lease, unique per process (default: $POD_NAME "
+                    "or the host name, and a random suffix)")
+    status_stale_seconds: float = Field(
+        default=90.0, gt=0, description="an agent silent for longer is shown disconnected")
+    last_seen_refresh_seconds: float = Field(
+        default=600.0, ge=0,
+        description="how often status.lastSeen alone is rewritten (the REST fleet view is exact)")
     step_timeout_seconds: float = Field(default=1800.0, gt=0)
     retry_max_seconds: float = Field(
         default=30.0, gt=0,
@@ -59,7 +79,7 @@ class GatewaySettings(BaseSettings):
                     "background task)")
     liveness_seconds: float = Field(
         default=120.0, gt=0,
-        description="/healthz fails when the bootstrap loop makes no pass for this long")
+        description="/healthz fails when a worker or informer makes no progress for this long")
     log_level: str = "INFO"
 
     @field_validator("nats_servers", "extra_trusted_keys", "agent_nats_servers", "components",

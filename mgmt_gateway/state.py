@@ -80,6 +80,7 @@ class Unreadable:
     namespace: str
     resource_version: str
     reason: str
+    kind: str = "ConfigMap"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -87,10 +88,15 @@ class Unreadable:
         return (self.object_name, self.resource_version, self.reason)
 
     def describe(self) -> str:
+        if self.kind != "ConfigMap":
+            return f"{self.kind} {self.namespace}/{self.object_name} cannot be used: {self.reason}"
         return (f"ConfigMap {self.namespace}/{self.object_name} carries the label {LABEL} but "
                 f"no readable cluster record: {self.reason}")
 
     def remedy(self) -> str:
+        if self.kind != "ConfigMap":
+            return (f"fix it (kubectl -n {self.namespace} edit {self.kind.lower()} "
+                    f"{self.object_name}); its conditions say what is wrong")
         return (f"restore its data.record from a backup, or delete it (kubectl -n "
                 f"{self.namespace} delete configmap {self.object_name}) and request the "
                 "cluster again")

@@ -117,7 +117,7 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
             kubeconfig=tb.management_kubeconfig, nats_servers=[tb.nats.url],
             signing_key_file=state / "gateway" / "signing-key.pem",
             components=components_files(), api_tokens=[TOKEN], http_host="127.0.0.1",
-            http_port=0, work_dir=state / "gateway", poll_seconds=0.2, agent_image="outpost:dev")
+            http_port=0, poll_seconds=0.2, agent_image="outpost:dev")
         mgmt = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
         workload = await ApiKubeClient.from_kubeconfig(tb.workload_kubeconfig)
         gateway = Gateway(settings, mgmt)

@@ -1,10 +1,11 @@
-"""The gateway's HTTP API: request clusters, change their spec, delete them, see the fleet.
+"""The gateway's REST API: a thin façade over the OutpostCluster resources, for automation
+that does not speak Kubernetes.
 
-The API only validates, records and answers: every change is a compare-and-set write of the
-cluster's record in the management cluster, then a nudge (`wake`) to the bootstrap worker,
-which does the slow work. Answers to changes are therefore 202 with an operation to follow.
-Anything a worker would later fail on for certain (a downgrade, a provider switch) is refused
-here, with a message that says what to fix.
+It validates, writes the resource and answers: creating a cluster creates an OutpostCluster,
+a spec change replaces its spec (compare-and-set), a deletion deletes it; the controller does
+the slow work, so answers to changes are 202 with an operation to follow. Reads come from the
+same informer cache as the controller's. Anything the controller would later fail on for
+certain (a downgrade, a provider switch) is refused here, with a message that says what to fix.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.exposition import generate_latest
 from pydantic import BaseModel, ValidationError
 
-from agent.kube import AlreadyExists, Conflict, KubeError, Transient
+from agent.kube import AlreadyExists, Conflict, Invalid, KubeError, Transient
+from agent.kube import resources as r
 from agent.spec import ClusterSpec, version_tuple
-from agent.spec.models import DNS_LABEL
+from agent.spec.models import DNS_LABEL, Namespace
 
+from ..clusters import MANAGER, ClusterRequest, OutpostClusterSpec, spec_hash
 from ..publish import ObservedStatus
-from ..render.request import ClusterRequest, ClusterSpecUpdate
-from ..state import ClusterRecord, RecordStore, StepRecord, Unreadable, UnreadableRecord, now
+from ..state import ClusterRecord, StepRecord, Unreadable, UnreadableRecord, now
+from ..store import NotSynced, OutpostClusters
 from .models import (
     UNREADABLE,
     ClusterDetail,
@@ -57,9 +60,8 @@ MAX_CLUSTER_NAME: Final = 40
 class ApiDeps:
     """Everything the API needs, injected so tests can run it against an emulated cluster."""
 
-    records: RecordStore
+    fleet: OutpostClusters
     statuses: StatusSource  # newest agent reports by cluster; a StatusCollector will do
-    wake: Callable[[str], None]
     tokens: Collection[str]
     ready: Callable[[], bool] = lambda: True
     live: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
@@ -135,6 +137,9 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return p.response(request.path)
     except UnreadableRecord as e:
         return _unreadable(e.problem).response(request.path)
+    except NotSynced as e:
+        return Problem(503, "not-synced", str(e), headers={"Retry-After": "2"}
+                       ).response(request.path)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -157,7 +162,12 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
 
 def _unreadable(u: Unreadable) -> Problem:
     """A record that exists but cannot be read is the gateway's stored state gone bad, not a
-    fault of the request: 500, with a type of its own and the repair in the detail."""
+    fault of the request: 500, with a type of its own and the repair in the detail. An
+    OutpostCluster that cannot be worked (invalid spec, missing profile) is the resource's
+    state: 409, with what to fix."""
+    if u.kind != "ConfigMap":
+        return Problem(409, "cluster-not-workable", f"cluster {u.name!r}: {u.describe()}. To "
+                       f"fix it, {u.remedy()}", title="The cluster cannot be worked now")
     return Problem(500, "record-unreadable", f"the record of cluster {u.name!r} cannot be "
                    f"read, so the gateway skips this cluster: {u.describe()}. To fix it, "
                    f"{u.remedy()}", title="The cluster's record cannot be read")
@@ -276,25 +286,28 @@ def _json(model: BaseModel, status: int = 200, headers: Mapping[str, str] | None
                         content_type="application/json")
 
 
-def _accepted(rec: ClusterRecord) -> web.Response:
-    op = Operation(name=rec.name, phase=rec.phase, revision=rec.spec.revision,
-                   href=_href(rec.name))
+def _operation(name: str, phase: str, revision: int) -> web.Response:
+    op = Operation(name=name, phase=phase, revision=revision,  # type: ignore[arg-type]
+                   href=_href(name))
     return _json(op, 202, {"Location": op.href})
 
 
+def _accepted(rec: ClusterRecord) -> web.Response:
+    return _operation(rec.name, rec.phase, rec.spec.revision)
+
+
 async def _record(deps: ApiDeps, name: str) -> ClusterRecord:
-    rec = await deps.records.get(name)
+    rec = await deps.fleet.get(name)
     if rec is None:
         raise Problem(404, "not-found", f"there is no cluster named {name!r}; "
                       "GET /v1/clusters lists them")
     return rec
 
 
-def _nudge(deps: ApiDeps, name: str) -> None:
-    try:
-        deps.wake(name)
-    except Exception:  # the worker polls anyway: the record is saved, the answer stands
-        log.exception("waking the bootstrap worker for %s failed", name)
+def _refused(e: Invalid, what: str) -> Problem:
+    """The management API's own validation (the CRD schema and its rules) refused a write."""
+    return Problem(422, "invalid-request", f"{what} was refused by the management cluster: {e}",
+                   title="The request body is not valid")
 
 
 # -- views --------------------------------------------------------------------------------------
@@ -349,33 +362,34 @@ async def create_cluster(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     req = _validate(ClusterRequest, await _json_body(request), "the cluster request")
     try:
-        spec = req.to_spec(1)
+        spec = req.to_spec(req.name, req.namespace, 1, None)
     except ValidationError as e:
         raise _spec_invalid(e, "the cluster request") from None
-    t = deps.clock()
-    rec = ClusterRecord(name=spec.cluster_name, spec=spec, created_at=t, updated_at=t,
-                        steps=(StepRecord(phase="Requested", started_at=t,
-                                          detail="accepted by the API"),))
+    await deps.fleet.synced()
+    existing = deps.fleet.owner_of(req.name)
+    if existing is not None:
+        raise Problem(409, "already-exists", f"cluster {req.name!r} already exists (namespace "
+                      f"{existing['metadata'].get('namespace')}, phase "
+                      f"{(existing.get('status') or {}).get('phase', 'Requested')}); choose "
+                      f"another name, or change it with PUT {_href(req.name)}/spec")
+    await deps.fleet.kube.apply(r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
+                                              "metadata": {"name": req.namespace}},
+                                field_manager=MANAGER)
     try:
-        saved = await deps.records.create(rec)
+        await deps.fleet.create(req.body())
     except AlreadyExists:
-        try:
-            existing = await deps.records.get(rec.name)
-            where = f" (phase {existing.phase})" if existing else ""
-        except UnreadableRecord as e:
-            where = f" (its record is unreadable: {e.problem.reason})"
-        raise Problem(409, "already-exists", f"cluster {rec.name!r} already exists{where}; "
-                      f"choose another name, or change it with PUT {_href(rec.name)}/spec"
-                      ) from None
-    log.info("cluster %s requested (%s, Kubernetes %s)", rec.name,
+        raise Problem(409, "already-exists", f"cluster {req.name!r} already exists; choose "
+                      f"another name, or change it with PUT {_href(req.name)}/spec") from None
+    except Invalid as e:
+        raise _refused(e, "the cluster request") from None
+    log.info("cluster %s requested (%s, Kubernetes %s)", req.name,
              spec.infrastructure.provider, spec.kubernetes_version)
-    _nudge(deps, rec.name)
-    return _accepted(saved)
+    return _operation(req.name, "Requested", 1)
 
 
 async def list_clusters(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    scan = await deps.records.scan()
+    scan = await deps.fleet.scan()
     statuses = deps.statuses()
     items = [ClusterSummary(**_summary_fields(deps, rec, statuses.get(rec.name)))
              for rec in scan.records]
@@ -391,18 +405,25 @@ async def get_cluster(request: web.Request) -> web.Response:
     detail = ClusterDetail(**_summary_fields(deps, rec, obs), spec=rec.spec,
                            steps=[_step(s) for s in rec.steps], created_at=rec.created_at,
                            updated_at=rec.updated_at, status=obs.report if obs else None)
-    return _json(detail, headers={"ETag": f'"{rec.spec.revision}"'})
+    obj = deps.fleet.owner_of(rec.name) or {}
+    return _json(detail, headers={"ETag": _etag(obj)})
+
+
+def _etag(obj: Mapping[str, Any]) -> str:
+    """The OutpostCluster's generation: it changes with every spec change, taken by the
+    controller yet or not (two changes before it looks may share one revision)."""
+    return f'"{int((obj.get("metadata") or {}).get("generation") or 0)}"'
 
 
 def _if_match(request: web.Request) -> int | None:
-    """The revision the client based its change on (from the ETag of GET), if it says."""
+    """The generation the client based its change on (from the ETag of GET), if it says."""
     value = request.headers.get("If-Match")
     if value is None or value.strip() == "*":
         return None
     text = value.strip().removeprefix("W/").strip('"')
     if not text.isdigit():
         raise Problem(400, "bad-if-match", f"If-Match must be the ETag of GET "
-                      f"/v1/clusters/<name> (a quoted revision like \"3\"), not {value!r}")
+                      f"/v1/clusters/<name> (a quoted number like \"3\"), not {value!r}")
     return int(text)
 
 
@@ -424,17 +445,24 @@ def _without_identity(name: str, body: Any) -> Any:
     return {k: v for k, v in body.items() if k not in ("name", "clusterName")}
 
 
-def _next_spec(current: ClusterSpec, update: ClusterSpecUpdate) -> ClusterSpec:
-    if "namespace" not in update.model_fields_set:  # immutable: omitting it means "keep it"
-        update = update.model_copy(update={"namespace": current.namespace})
+class SpecUpdate(OutpostClusterSpec):
+    """The whole desired spec of an existing cluster (day 2): an OutpostCluster's spec; the
+    name comes from the URL and the revision from the gateway. `namespace` may be repeated
+    (a GET round trip) but not changed."""
+
+    namespace: Namespace | None = None
+
+
+def _check_change(current: ClusterSpec, update: SpecUpdate) -> ClusterSpec:
     try:
-        spec = update.to_spec(current.cluster_name, current.revision + 1)
+        spec = update.to_spec(current.cluster_name, current.namespace, current.revision + 1,
+                              current.profile)
     except ValidationError as e:
         raise _spec_invalid(e, "the new spec") from None
     errors: list[FieldError] = []
-    if spec.namespace != current.namespace:
+    if update.namespace is not None and update.namespace != current.namespace:
         errors.append(FieldError(field="namespace", message=(
-            f"cannot change from {current.namespace!r} to {spec.namespace!r}: the cluster's "
+            f"cannot change from {current.namespace!r} to {update.namespace!r}: the cluster's "
             "Cluster API objects live there; to move a cluster, request a new one")))
     old_p, new_p = current.infrastructure.provider, spec.infrastructure.provider
     if new_p != old_p:
@@ -458,52 +486,60 @@ async def update_spec(request: web.Request) -> web.Response:
     name = _cluster_name(request)
     expected = _if_match(request)
     body = _without_identity(name, await _json_body(request))
-    update = _validate(ClusterSpecUpdate, body, "the spec update")
+    update = _validate(SpecUpdate, body, "the spec update")
+    new_body = update.model_dump(by_alias=True, mode="json", exclude_defaults=True,
+                                 exclude={"namespace"})
     for _ in range(deps.conflict_retries):
         rec = await _record(deps, name)
+        obj = deps.fleet.owner_of(name)
+        if obj is None:
+            continue
         if rec.phase in ("Failed", "Deleting"):
             why = f": {rec.failed_reason}" if rec.failed_reason else ""
             raise Problem(409, "cluster-not-changeable", f"cluster {name!r} is {rec.phase}{why};"
                           " its spec can no longer change")
-        if expected is not None and expected != rec.spec.revision:
-            raise Problem(412, "revision-changed", f"the spec is at revision "
-                          f"{rec.spec.revision}, not {expected}: it changed meanwhile; GET it "
-                          "again and redo the change")
-        spec = _next_spec(rec.spec, update)
-        if spec.model_copy(update={"revision": rec.spec.revision}) == rec.spec:
+        generation = int(obj["metadata"].get("generation") or 0)
+        if expected is not None and expected != generation:
+            raise Problem(412, "revision-changed", f"the spec changed since the ETag "
+                          f"\"{expected}\" was read (it is now \"{generation}\"); GET it again "
+                          "and redo the change")
+        spec = _check_change(rec.spec, update)
+        if OutpostClusterSpec.model_validate(obj.get("spec") or {}) == OutpostClusterSpec(
+                **{k: getattr(update, k) for k in OutpostClusterSpec.model_fields}):
             return _accepted(rec)  # nothing changes: no new revision to roll out
+        status = obj.get("status") or {}
+        taken = int(status.get("desiredRevision") or 0)
+        # The revision the controller will give this content: the one it has if it is the
+        # content it took, else the next (changes it has not seen yet share that number).
+        revision = taken if taken and spec_hash(spec) == status.get("specHash") else taken + 1
         try:
-            saved = await deps.records.update(rec.model_copy(
-                update={"spec": spec, "updated_at": deps.clock()}))
+            await deps.fleet.replace_spec(obj, new_body)
         except Conflict:
-            continue  # the worker saved the record meanwhile: re-read, re-check, retry
-        log.info("cluster %s: spec revision %d accepted", name, spec.revision)
-        _nudge(deps, name)
-        return _accepted(saved)
+            continue  # the controller saved the status meanwhile: re-read, re-check, retry
+        except Invalid as e:
+            raise _refused(e, "the spec update") from None
+        log.info("cluster %s: spec changed (revision %d follows)", name, revision)
+        return _operation(name, rec.phase, revision)
     raise _busy(name)
 
 
 def _busy(name: str) -> Problem:
-    return Problem(409, "concurrent-change", f"the record of cluster {name!r} kept changing "
+    return Problem(409, "concurrent-change", f"the OutpostCluster {name!r} kept changing "
                    "while saving; retry the request", headers={"Retry-After": "1"})
 
 
 async def delete_cluster(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     name = _cluster_name(request)
-    for _ in range(deps.conflict_retries):
-        rec = await _record(deps, name)
-        if rec.phase == "Deleting":
-            return _accepted(rec)
-        try:
-            saved = await deps.records.update(rec.advanced("Deleting",
-                                                           "deletion requested via the API"))
-        except Conflict:
-            continue
-        log.info("cluster %s: deletion requested (was %s)", name, rec.phase)
-        _nudge(deps, name)
-        return _accepted(saved)
-    raise _busy(name)
+    await deps.fleet.synced()
+    obj = deps.fleet.owner_of(name)
+    if obj is None:
+        raise Problem(404, "not-found", f"there is no cluster named {name!r}; "
+                      "GET /v1/clusters lists them")
+    await deps.fleet.delete(name)
+    log.info("cluster %s: deletion requested", name)
+    status = obj.get("status") or {}
+    return _operation(name, "Deleting", int(status.get("desiredRevision") or 1))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -540,7 +576,7 @@ def make_app(deps: ApiDeps) -> web.Application:
         middlewares=[_metrics_middleware(_metrics(deps.registry)), _problems,
                      _auth_middleware(deps.tokens)])
     app[DEPS] = deps
-    app[_OPENAPI] = json.dumps(build_openapi(ClusterRequest, ClusterSpecUpdate),
+    app[_OPENAPI] = json.dumps(build_openapi(ClusterRequest, SpecUpdate),
                                separators=(",", ":")).encode()
     app.router.add_post("/v1/clusters", create_cluster)
     app.router.add_get("/v1/clusters", list_clusters, allow_head=False)

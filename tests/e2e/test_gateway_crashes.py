@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from agent.kube import ApiKubeClient, NotFound
+from agent.kube import ApiKubeClient, KubeClient, NotFound
 from agent.kube import resources as r
-from agent.spec import ClusterSpec
-from mgmt_gateway.state import ClusterRecord, RecordStore
+from mgmt_gateway.clusters import OUTPOST_CLUSTER, ClusterRequest
 from testbed.backends import Backend
 from testbed.capi import SimConfig
 from testbed.crds import components_files
@@ -39,16 +38,31 @@ def gateway_env(tb: Testbed, state: Path) -> dict[str, str]:
         "OUTPOST_GATEWAY_API_TOKENS": "t",
         "OUTPOST_GATEWAY_HTTP_HOST": "127.0.0.1",
         "OUTPOST_GATEWAY_HTTP_PORT": "0",
-        "OUTPOST_GATEWAY_WORK_DIR": str(state),
         "OUTPOST_GATEWAY_POLL_SECONDS": "0.1",
+        "OUTPOST_GATEWAY_LEASE_DURATION_SECONDS": "2",
         "OUTPOST_GATEWAY_AGENT_EXTRA_ENV": ",".join(f"{k}={v}" for k, v in AGENT_ENV.items()),
         "OUTPOST_GATEWAY_LOG_LEVEL": "WARNING",
     }
 
 
-async def progress(store: RecordStore) -> tuple[str, int]:
-    rec = await store.get(CLUSTER)
-    return (rec.phase, len(rec.pivot_journal)) if rec else ("", 0)
+async def progress(mgmt: KubeClient) -> tuple[str, int]:
+    """The phase in the OutpostCluster's status and the pivot journal's length."""
+    try:
+        obj = await mgmt.get(OUTPOST_CLUSTER, CLUSTER, NS)
+    except NotFound:
+        return ("", 0)
+    try:
+        journal = await mgmt.get(r.CONFIG_MAP, f"outpost-pivot-{CLUSTER}", NS)
+    except NotFound:
+        journal = {}
+    return (str((obj.get("status") or {}).get("phase", "")), len(journal.get("data") or {}))
+
+
+async def request_cluster(mgmt: KubeClient) -> None:
+    await mgmt.apply(r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
+                                   "metadata": {"name": NS}}, field_manager="test")
+    await mgmt.create(OUTPOST_CLUSTER, ClusterRequest.model_validate(
+        request(cp=3, workers=2)).body())
 
 
 async def test_sigkill_after_every_step_still_reaches_managed(tmp_path: Path,
@@ -57,20 +71,13 @@ async def test_sigkill_after_every_step_still_reaches_managed(tmp_path: Path,
                        api=backend) as tb:
         mgmt = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
         workload = await ApiKubeClient.from_kubeconfig(tb.workload_kubeconfig)
-        store = RecordStore(mgmt)
-        await mgmt.apply(r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
-                                       "metadata": {"name": "outpost-system"}},
-                         field_manager="test")
-        body = request(cp=3, workers=2)
-        spec = ClusterSpec.model_validate({**{k: v for k, v in body.items() if k != "name"},
-                                           "clusterName": CLUSTER, "revision": 1})
-        await store.create(ClusterRecord(name=CLUSTER, spec=spec))
+        await request_cluster(mgmt)
         env = gateway_env(tb, tmp_path / "gw")
         seen: list[tuple[str, int]] = []
         kills = 0
         try:
             for _ in range(30):
-                before = await progress(store)
+                before = await progress(mgmt)
                 if before[0] == "Managed":
                     break
                 proc = await asyncio.create_subprocess_exec(
@@ -78,7 +85,7 @@ async def test_sigkill_after_every_step_still_reaches_managed(tmp_path: Path,
                     stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
 
                 async def moved(b: tuple[str, int] = before) -> bool:
-                    return await progress(store) != b
+                    return await progress(mgmt) != b
 
                 try:
                     await eventually(moved, timeout=60, interval=0.01,
@@ -87,8 +94,8 @@ async def test_sigkill_after_every_step_still_reaches_managed(tmp_path: Path,
                     proc.send_signal(signal.SIGKILL)  # no cleanup of any kind
                     await proc.wait()
                 kills += 1
-                seen.append(await progress(store))
-            assert (await progress(store))[0] == "Managed", seen
+                seen.append(await progress(mgmt))
+            assert (await progress(mgmt))[0] == "Managed", seen
         finally:
             await mgmt.close()
         phases = [p for p, _ in seen]
@@ -118,3 +125,59 @@ async def test_sigkill_after_every_step_still_reaches_managed(tmp_path: Path,
             await eventually(converged, timeout=60, what="the agent scaled the control plane")
         finally:
             await workload.close()
+
+
+async def lease_holder(mgmt: KubeClient) -> str:
+    try:
+        lease = await mgmt.get(r.LEASE, "outpost-gateway", "outpost-system")
+    except NotFound:
+        return ""
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+
+async def test_the_standby_takes_over_a_pivot_when_the_leader_dies(tmp_path: Path,
+        backend: Backend) -> None:
+    async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.15, resync=0.5),
+                       api=backend) as tb:
+        mgmt = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
+        procs: dict[str, asyncio.subprocess.Process] = {}
+        try:
+            await request_cluster(mgmt)
+            env = gateway_env(tb, tmp_path / "gw")
+            for who in ("a", "b"):
+                procs[who] = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "mgmt_gateway.daemon",
+                    env={**env, "OUTPOST_GATEWAY_IDENTITY": who},
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+            async def pivoting() -> bool:
+                phase, moved = await progress(mgmt)
+                return phase == "AgentInstalled" and moved > 0
+
+            await eventually(pivoting, timeout=90, interval=0.01, what="the pivot under way")
+            leader = await lease_holder(mgmt)
+            assert leader in procs
+            procs[leader].send_signal(signal.SIGKILL)
+            await procs[leader].wait()
+            standby = "b" if leader == "a" else "a"
+
+            async def managed() -> bool:
+                return (await progress(mgmt))[0] == "Managed"
+
+            await eventually(managed, timeout=90, what="Managed by the standby")
+            assert await lease_holder(mgmt) == standby
+            workload = await ApiKubeClient.from_kubeconfig(tb.workload_kubeconfig)
+            try:
+                assert len((await workload.list(r.CLUSTER, NS)).items) == 1
+                cluster = await workload.get(r.CLUSTER, CLUSTER, NS)
+                assert not (cluster.get("spec") or {}).get("paused")
+            finally:
+                await workload.close()
+            with pytest.raises(NotFound):
+                await mgmt.get(r.CLUSTER, CLUSTER, NS)
+        finally:
+            for proc in procs.values():
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGKILL)
+                    await proc.wait()
+            await mgmt.close()

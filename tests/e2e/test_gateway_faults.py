@@ -36,7 +36,7 @@ async def gateway(tb: Testbed, state: Path, key: Path | None = None,
         kubeconfig=tb.management_kubeconfig, nats_servers=[tb.nats.url],
         signing_key_file=key or state / "key.pem", components=components_files(),
         api_tokens=[TOKEN],
-        http_host="127.0.0.1", http_port=0, work_dir=state, poll_seconds=0.1,
+        http_host="127.0.0.1", http_port=0, poll_seconds=0.1, lease_duration_seconds=3,
         agent_extra_env=[f"{k}={v}" for k, v in AGENT_ENV.items()])
     kube = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
     gw = Gateway(settings, kube)
@@ -65,7 +65,7 @@ async def test_bootstrap_completes_through_api_faults(tmp_path: Path,
             gateway(tb, tmp_path / "gw") as (_, http, base):
         # Bursts of conflicts and server errors on the management API while it bootstraps.
         tb.management.faults.fail_next(6, 500, path="/apis/")
-        tb.management.faults.fail_next(4, 409, path="configmaps", method="PUT")
+        tb.management.faults.fail_next(4, 409, path="outpostclusters", method="PUT")
         async with http.post(f"{base}/v1/clusters", json=request(3, 1)) as resp:
             assert resp.status == 202, await resp.text()
 
@@ -100,7 +100,7 @@ async def test_bad_requests_create_nothing_and_delete_retires(tmp_path: Path,
             async with http.post(f"{base}/v1/clusters", json=body) as resp:
                 assert resp.status in (400, 422), await resp.text()
                 assert resp.content_type == "application/problem+json"
-        assert await gw.store.list() == []
+        assert (await gw.fleet.scan()).records == []
         async with http.post(f"{base}/v1/clusters", json=request(1, 0)) as resp:
             assert resp.status == 202
 
@@ -130,8 +130,8 @@ async def test_two_gateway_replicas_create_each_cluster_once(tmp_path: Path,
     generate_signing_key(key)
     async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.05, resync=0.5),
                        api=backend) as tb, \
-            gateway(tb, tmp_path / "gw-a", key) as (_, http_a, base_a), \
-            gateway(tb, tmp_path / "gw-b", key) as (_, http_b, base_b):
+            gateway(tb, tmp_path / "gw-a", key) as (gw_a, http_a, base_a), \
+            gateway(tb, tmp_path / "gw-b", key) as (gw_b, http_b, base_b):
         # Both replicas are asked at once: exactly one request wins, the other is told so.
         results = await asyncio.gather(http_a.post(f"{base_a}/v1/clusters", json=request(3, 1)),
                                        http_b.post(f"{base_b}/v1/clusters", json=request(3, 1)))
@@ -142,7 +142,13 @@ async def test_two_gateway_replicas_create_each_cluster_once(tmp_path: Path,
         async def managed() -> bool:
             return await phase(http_a, base_a) == "Managed"
 
-        await eventually(managed, timeout=90, what="Managed with two replicas working")
+        await eventually(managed, timeout=90, what="Managed with two replicas up")
+        # One replica leads and works the cluster; the other only served its API request.
+        assert gw_a.elector is not None and gw_b.elector is not None
+        assert sorted([gw_a.elector.is_leader, gw_b.elector.is_leader]) == [False, True]
+        standby = gw_b if gw_a.elector.is_leader else gw_a
+        assert standby.controller.steps_done == 0
+        assert standby.events.recorded == 0
 
         async def converged() -> bool:
             async with http_b.get(f"{base_b}/v1/clusters/edge-1") as resp:

@@ -1,7 +1,12 @@
-"""The gateway API against a RecordStore on an emulated API server, over real HTTP."""
+"""The gateway API, a façade over OutpostCluster resources, on an emulated API server with the
+gateway's CRDs, over real HTTP. The controller does not run here: where a test needs its work
+(a status with a phase, a revision, steps), the test writes the status as the controller
+would, through the /status subresource."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,13 +20,18 @@ from aiohttp.test_utils import TestClient, TestServer
 from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
 
-from agent.kube import ApiKubeClient
+from agent.kube import ApiKubeClient, NotFound, Obj
 from agent.kube import resources as r
 from agent.spec import Condition, StatusReport
 from mgmt_gateway.api import PROBLEM_JSON, ApiDeps, make_app
+from mgmt_gateway.clusters import FINALIZER, MANAGER, OUTPOST_CLUSTER
+from mgmt_gateway.clusters import Invalid as NotWorkable
 from mgmt_gateway.publish import ObservedStatus
-from mgmt_gateway.state import ClusterRecord, RecordStore
+from mgmt_gateway.state import ClusterRecord
+from mgmt_gateway.store import OutpostClusters
 from testbed.apiserver import ApiServer
+from testbed.crds import gateway_crd_files
+from tests.fixtures.site import eventually
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -58,11 +68,14 @@ def vsphere_request(name: str = "edge-v") -> dict[str, Any]:
 @dataclass
 class Gw:
     client: TestClient  # type: ignore[type-arg]
-    store: RecordStore
-    woken: list[str]
+    fleet: OutpostClusters
     statuses: dict[str, ObservedStatus]
     deps: ApiDeps
     ready: list[bool] = field(default_factory=lambda: [True])
+
+    @property
+    def kube(self) -> ApiKubeClient:
+        return self.fleet.kube  # type: ignore[return-value]
 
     async def post(self, body: Any, **kw: Any) -> Any:
         return await self.client.post("/v1/clusters", json=body, headers=AUTH, **kw)
@@ -74,33 +87,78 @@ class Gw:
     async def get(self, path: str) -> Any:
         return await self.client.get(path, headers=AUTH)
 
+    async def delete(self, name: str) -> Any:
+        return await self.client.delete(f"/v1/clusters/{name}", headers=AUTH)
+
     async def record(self, name: str) -> ClusterRecord:
-        rec = await self.store.get(name)
+        rec = await self.fleet.get(name)
         assert rec is not None
         return rec
 
+    async def stored(self, name: str, namespace: str = "fleet") -> Obj:
+        """The OutpostCluster as the API server has it (not the informer's cache)."""
+        return await self.kube.get(OUTPOST_CLUSTER, name, namespace)
+
+    async def created(self) -> list[str]:
+        """`namespace/name` of every OutpostCluster on the API server, and in the cache."""
+        listed = await self.kube.list(OUTPOST_CLUSTER)
+        names = sorted(f"{o['metadata']['namespace']}/{o['metadata']['name']}"
+                       for o in listed.items)
+        assert sorted(self.fleet.clusters.items) == names
+        return names
+
+    def cache(self, name: str) -> Obj:
+        """The OutpostCluster as the gateway's informer has it."""
+        obj = self.fleet.owner_of(name)
+        assert obj is not None, f"{name} is not in the cache"
+        return obj
+
+    async def cached(self, name: str, rv: str) -> Obj:
+        """Wait until the informer holds `name` at resourceVersion `rv` or newer."""
+        def seen() -> bool:
+            obj = self.fleet.owner_of(name)
+            return obj is not None and int(obj["metadata"]["resourceVersion"]) >= int(rv)
+        await eventually(seen, timeout=10, interval=0.01, what=f"{name} at {rv}")
+        return self.cache(name)
+
+    async def controller_writes(self, name: str, **status: Any) -> Obj:
+        """Write the status as the controller would: it accepted the current spec (its
+        revision and hash), plus `status` (phase, steps, ...); waits until the cache has it."""
+        obj = self.cache(name)
+        found = self.fleet.desired(obj)
+        assert not isinstance(found, NotWorkable), found
+        spec, digest = found
+        new = await self.fleet.write_status(obj, {
+            "phase": "Requested", **(obj.get("status") or {}),
+            "desiredRevision": spec.revision, "specHash": digest, **status})
+        return await self.cached(name, new["metadata"]["resourceVersion"])
+
 
 @pytest_asyncio.fixture
-async def store(api: ApiServer, kubeconfig: Path) -> AsyncIterator[RecordStore]:
+async def fleet(api: ApiServer, kubeconfig: Path) -> AsyncIterator[OutpostClusters]:
+    """The informers of a gateway over a management cluster that serves the gateway's CRDs."""
+    await api.install_crds(gateway_crd_files())
     kube = await ApiKubeClient.from_kubeconfig(kubeconfig)
-    await kube.create(r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
-                                    "metadata": {"name": "outpost-system"}})
+    fleet = OutpostClusters(kube)
+    tasks = [asyncio.create_task(fleet.clusters.run()), asyncio.create_task(fleet.profiles.run())]
     try:
-        yield RecordStore(kube)
+        await fleet.synced()
+        yield fleet
     finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await kube.close()
 
 
 @pytest_asyncio.fixture
-async def gw(store: RecordStore) -> AsyncIterator[Gw]:
-    woken: list[str] = []
+async def gw(fleet: OutpostClusters) -> AsyncIterator[Gw]:
     statuses: dict[str, ObservedStatus] = {}
     ready = [True]
-    deps = ApiDeps(records=store, statuses=lambda: statuses, wake=woken.append,
-                   tokens={TOKEN, "another-token"}, ready=lambda: ready[0],
-                   registry=CollectorRegistry())
+    deps = ApiDeps(fleet=fleet, statuses=lambda: statuses, tokens={TOKEN, "another-token"},
+                   ready=lambda: ready[0], registry=CollectorRegistry())
     async with TestClient(TestServer(make_app(deps))) as client:
-        yield Gw(client, store, woken, statuses, deps, ready)
+        yield Gw(client, fleet, statuses, deps, ready)
 
 
 async def problem(resp: Any, status: int) -> dict[str, Any]:
@@ -130,19 +188,33 @@ async def test_create_is_accepted_and_recorded(gw: Gw) -> None:
     assert resp.headers["Location"] == "/v1/clusters/edge-1"
     assert await resp.json() == {"name": "edge-1", "phase": "Requested", "revision": 1,
                                  "href": "/v1/clusters/edge-1"}
+    # The request became an OutpostCluster in its namespace (which the API created), its
+    # spec the request's without the name and namespace, its status the controller's to write.
+    await gw.kube.get(r.NAMESPACE, "fleet")
+    obj = await gw.stored("edge-1")
+    assert "status" not in obj
+    spec = obj["spec"]
+    assert spec["kubernetesVersion"] == "v1.35.2" and spec["controlPlane"]["replicas"] == 3
+    assert spec["workers"] == [{"name": "line-a", "replicas": 2, "machine": {"provider": "dev"}}]
+    assert spec["sshAuthorizedKeys"] == [SSH] and not {"name", "namespace"} & set(spec)
+    assert await gw.created() == ["fleet/edge-1"]
     rec = await gw.record("edge-1")
     assert rec.phase == "Requested"
     assert rec.spec.cluster_name == "edge-1" and rec.spec.revision == 1
     assert rec.spec.namespace == "fleet" and rec.spec.control_plane.replicas == 3
-    assert [s.phase for s in rec.steps] == ["Requested"]
-    assert gw.woken == ["edge-1"]
+    assert rec.steps == ()  # the controller records the steps as it works them
 
 
-async def test_duplicate_name_is_a_conflict(gw: Gw) -> None:
+@pytest.mark.parametrize("namespace", ["fleet", "other"])
+async def test_duplicate_name_is_a_conflict(gw: Gw, namespace: str) -> None:
+    """A cluster name is unique across the fleet (it keys NATS), whatever the namespace."""
     assert (await gw.post(dev_request())).status == 202
-    body = await problem(await gw.post(dev_request(kubernetesVersion="v1.35.3")), 409)
+    body = await problem(await gw.post(dev_request(kubernetesVersion="v1.35.3",
+                                                   namespace=namespace)), 409)
     assert "already exists" in body["detail"] and "PUT /v1/clusters/edge-1/spec" in body["detail"]
     assert (await gw.record("edge-1")).spec.kubernetes_version == "v1.35.2"
+    assert (await gw.stored("edge-1"))["spec"]["kubernetesVersion"] == "v1.35.2"
+    assert await gw.created() == ["fleet/edge-1"]
 
 
 # -- bad requests ---------------------------------------------------------------------------
@@ -186,8 +258,7 @@ async def test_invalid_requests_say_what_to_fix_and_create_nothing(
         fields = {e["field"]: e["message"] for e in got["errors"]}
         assert field in fields, fields
         assert message in fields[field]
-    assert await gw.store.list() == []
-    assert gw.woken == []
+    assert await gw.created() == []
 
 
 async def test_every_invalid_field_is_listed_at_once(gw: Gw) -> None:
@@ -221,7 +292,7 @@ async def test_unreadable_bodies(gw: Gw, data: bytes, headers: dict[str, str], s
     resp = await gw.client.post("/v1/clusters", data=data, headers=headers)
     got = await problem(resp, status)
     assert message in got["detail"]
-    assert await gw.store.list() == []
+    assert await gw.created() == []
 
 
 async def test_oversize_chunked_body_is_refused(gw: Gw) -> None:
@@ -245,14 +316,14 @@ async def test_missing_or_malformed_credentials_are_401(gw: Gw, header: str | No
         resp = await gw.client.request(method, path, headers=headers, json=dev_request())
         await problem(resp, 401)
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
-    assert await gw.store.list() == []
+    assert await gw.created() == []
 
 
 async def test_unknown_token_is_403(gw: Gw) -> None:
     resp = await gw.client.post("/v1/clusters", json=dev_request(),
                                 headers={"Authorization": "Bearer not-the-token"})
     assert "not accepted" in (await problem(resp, 403))["detail"]
-    assert await gw.store.list() == []
+    assert await gw.created() == []
     ok = await gw.client.get("/v1/clusters", headers={"Authorization": "bearer another-token"})
     assert ok.status == 200
 
@@ -265,8 +336,8 @@ async def test_probes_and_docs_need_no_token(gw: Gw) -> None:
     assert (await gw.client.get("/healthz")).status == 200
 
 
-async def test_no_configured_tokens_refuse_everyone(store: RecordStore) -> None:
-    deps = ApiDeps(records=store, statuses=dict, wake=lambda _: None, tokens=set())
+async def test_no_configured_tokens_refuse_everyone(fleet: OutpostClusters) -> None:
+    deps = ApiDeps(fleet=fleet, statuses=dict, tokens=set())
     async with TestClient(TestServer(make_app(deps))) as client:
         resp = await client.get("/v1/clusters", headers=AUTH)
         assert "no tokens are configured" in (await problem(resp, 403))["detail"]
@@ -276,9 +347,7 @@ async def test_no_configured_tokens_refuse_everyone(store: RecordStore) -> None:
 async def test_fleet_view_joins_records_and_agent_reports(gw: Gw) -> None:
     for name in ("edge-2", "edge-1"):
         assert (await gw.post(dev_request(name))).status == 202
-    rec = await gw.record("edge-1")
-    await gw.store.update(rec.advanced("CapiCreated").model_copy(
-        update={"published_revision": 1}))
+    await gw.controller_writes("edge-1", phase="CapiCreated", publishedRevision=1)
     now = datetime.now(UTC)
     refused = Condition(type="DowngradeRefused", status="True", reason="DowngradeRefused",
                         message="the spec asks for v1.34.1 but the control plane runs v1.35.2",
@@ -292,6 +361,7 @@ async def test_fleet_view_joins_records_and_agent_reports(gw: Gw) -> None:
     assert [i["name"] for i in items] == ["edge-1", "edge-2"]
     one, two = items
     assert one["phase"] == "CapiCreated" and one["desiredRevision"] == 1
+    assert one["namespace"] == "fleet" and one["publishedRevision"] == 1
     assert one["appliedRevision"] == 1 and one["inSync"] is True
     assert one["connected"] is True and one["agentPhase"] == "Degraded"
     assert one["lastError"] == "disk pressure"
@@ -299,7 +369,8 @@ async def test_fleet_view_joins_records_and_agent_reports(gw: Gw) -> None:
     assert cond["type"] == "DowngradeRefused" and cond["status"] == "True"
     assert "v1.34.1" in cond["message"]
     assert datetime.fromisoformat(one["lastSeen"]) == now
-    assert two["phase"] == "Requested" and two["connected"] is False
+    assert two["phase"] == "Requested" and two["desiredRevision"] == 1
+    assert two["connected"] is False and two["publishedRevision"] == 0
     assert "appliedRevision" not in two and two["inSync"] is False
 
 
@@ -314,17 +385,26 @@ async def test_a_silent_agent_is_not_connected(gw: Gw) -> None:
 
 async def test_detail_has_spec_steps_with_timings_and_status(gw: Gw) -> None:
     assert (await gw.post(dev_request())).status == 202
-    rec = await gw.record("edge-1")
-    rec = await gw.store.update(rec.advanced("CapiCreated", "12 objects"))
+    began = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    created = began + timedelta(seconds=12)
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    await gw.controller_writes("edge-1", phase="CapiCreated", steps=[
+        {"phase": "Requested", "startedAt": began.strftime(stamp),
+         "finishedAt": created.strftime(stamp), "durationSeconds": 12.0},
+        {"phase": "CapiCreated", "startedAt": created.strftime(stamp),
+         "detail": "12 objects"}])
     gw.statuses["edge-1"] = ObservedStatus(report("edge-1", 0), datetime.now(UTC), 1)
     resp = await gw.get("/v1/clusters/edge-1")
     assert resp.status == 200
     assert resp.headers["ETag"] == '"1"'
     body = await resp.json()
     assert body["spec"]["clusterName"] == "edge-1" and body["spec"]["revision"] == 1
+    assert body["phase"] == "CapiCreated"
     first, second = body["steps"]
-    assert first["phase"] == "Requested" and first["durationSeconds"] >= 0
+    assert first["phase"] == "Requested" and first["durationSeconds"] == 12
+    assert datetime.fromisoformat(first["startedAt"]) == began
     assert first["finishedAt"] == second["startedAt"]
+    assert datetime.fromisoformat(second["startedAt"]) == created
     assert second == {"phase": "CapiCreated", "startedAt": second["startedAt"],
                       "detail": "12 objects"}
     assert body["status"]["cluster"] == "edge-1" and body["status"]["appliedRevision"] == 0
@@ -348,19 +428,74 @@ async def test_unknown_routes_and_methods_are_problems(gw: Gw) -> None:
 # -- day 2 ----------------------------------------------------------------------------------------
 async def test_spec_update_bumps_the_revision(gw: Gw) -> None:
     assert (await gw.post(dev_request())).status == 202
+    await gw.controller_writes("edge-1")  # revision 1 is the desired spec
     workers = [{"name": "line-a", "replicas": 4, "machine": {"provider": "dev"}}]
     resp = await gw.put("edge-1", spec_update(workers=workers, kubernetesVersion="v1.36.0"))
     assert resp.status == 202, await resp.text()
     assert resp.headers["Location"] == "/v1/clusters/edge-1"
     assert (await resp.json())["revision"] == 2
+    obj = await gw.stored("edge-1")
+    assert obj["spec"]["kubernetesVersion"] == "v1.36.0"
+    assert obj["spec"]["workers"] == workers and "namespace" not in obj["spec"]
+    assert obj["status"]["desiredRevision"] == 1  # the spec changed, not the status
     rec = await gw.record("edge-1")
     assert rec.spec.revision == 2 and rec.spec.workers[0].replicas == 4
     assert rec.spec.kubernetes_version == "v1.36.0" and rec.spec.cluster_name == "edge-1"
-    assert gw.woken == ["edge-1", "edge-1"]
-    # The same spec again is not a new revision.
+    # The same spec again is not a new revision, and writes nothing.
     resp = await gw.put("edge-1", spec_update(workers=workers, kubernetesVersion="v1.36.0"))
     assert resp.status == 202 and (await resp.json())["revision"] == 2
+    assert (await gw.stored("edge-1"))["metadata"]["resourceVersion"] == \
+        obj["metadata"]["resourceVersion"]
     assert (await gw.record("edge-1")).spec.revision == 2
+    # Once the controller has taken revision 2, the next change is revision 3.
+    await gw.controller_writes("edge-1")
+    resp = await gw.put("edge-1", spec_update(workers=workers, kubernetesVersion="v1.36.1"))
+    assert resp.status == 202 and (await resp.json())["revision"] == 3
+    assert (await gw.record("edge-1")).spec.revision == 3
+
+
+NOT_TAKEN = pytest.mark.parametrize("taken", [False, True],
+                                    ids=["before-first-pass", "after-revision-1"])
+
+
+async def change_not_taken_yet(gw: Gw, taken: bool) -> None:
+    """A cluster whose spec the controller has not taken yet: no status at all (before its
+    first pass), or a status naming revision 1 under a spec changed since."""
+    assert (await gw.post(dev_request())).status == 202
+    if taken:
+        await gw.controller_writes("edge-1")
+        assert (await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.3"))).status == 202
+
+
+@NOT_TAKEN
+async def test_a_change_answers_the_revision_it_gets(gw: Gw, taken: bool) -> None:
+    """Before the controller has taken the spec, the revision a PUT answers is the one GET then
+    shows, the one an identical PUT answers, and the one the controller gives that spec."""
+    await change_not_taken_yet(gw, taken)
+    resp = await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.4"))
+    assert resp.status == 202, await resp.text()
+    answered = (await resp.json())["revision"]
+    got = await gw.get("/v1/clusters/edge-1")
+    assert (await got.json())["spec"]["kubernetesVersion"] == "v1.35.4"
+    assert (await got.json())["desiredRevision"] == answered, (
+        "PUT answered another revision than GET shows")
+    resp = await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.4"))
+    assert resp.status == 202 and (await resp.json())["revision"] == answered
+    await gw.controller_writes("edge-1")
+    assert gw.cache("edge-1")["status"]["desiredRevision"] == answered
+
+
+@NOT_TAKEN
+async def test_if_match_guards_changes_not_taken_yet(gw: Gw, taken: bool) -> None:
+    """Two clients read the same ETag before the controller has taken the spec: the second
+    change must not silently overwrite the first."""
+    await change_not_taken_yet(gw, taken)
+    etag = (await gw.get("/v1/clusters/edge-1")).headers["ETag"]
+    first = await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.4"), {"If-Match": etag})
+    assert first.status == 202, await first.text()
+    await problem(await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.5"),
+                               {"If-Match": etag}), 412)
+    assert (await gw.stored("edge-1"))["spec"]["kubernetesVersion"] == "v1.35.4"
 
 
 async def test_spec_update_keeps_the_namespace_when_omitted(gw: Gw) -> None:
@@ -370,44 +505,54 @@ async def test_spec_update_keeps_the_namespace_when_omitted(gw: Gw) -> None:
     assert (await gw.put("edge-1", body)).status == 202
     rec = await gw.record("edge-1")
     assert rec.spec.namespace == "fleet" and rec.spec.control_plane.replicas == 5
+    assert (await gw.stored("edge-1"))["spec"]["controlPlane"]["replicas"] == 5
 
 
 async def test_spec_update_accepts_a_round_trip_of_the_same_name(gw: Gw) -> None:
     assert (await gw.post(dev_request())).status == 202
     body = {**spec_update(kubernetesVersion="v1.35.3"), "clusterName": "edge-1"}
     assert (await gw.put("edge-1", body)).status == 202
+    assert (await gw.stored("edge-1"))["spec"]["kubernetesVersion"] == "v1.35.3"
 
 
-async def test_spec_update_retries_when_the_worker_saves_meanwhile(gw: Gw) -> None:
+async def test_spec_update_retries_when_the_controller_saves_meanwhile(
+        gw: Gw, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (await gw.post(dev_request())).status == 202
-    real_update = gw.store.update
-    raced: list[bool] = []
+    await gw.controller_writes("edge-1")
+    real_replace = gw.fleet.replace_spec
+    tried: list[str] = []
 
-    async def racing_update(rec: ClusterRecord) -> ClusterRecord:
-        if not raced:  # the worker advances the record just before the API saves
-            raced.append(True)
-            current = await gw.store.get(rec.name)
-            assert current is not None
-            await real_update(current.advanced("CapiCreated"))
-        return await real_update(rec)
+    async def racing_replace(obj: Obj, spec: dict[str, Any]) -> Obj:
+        tried.append(obj["metadata"]["resourceVersion"])
+        if len(tried) == 1:  # the controller writes the status just before the API saves
+            await gw.controller_writes("edge-1", phase="CapiCreated")
+        return await real_replace(obj, spec)
 
-    gw.store.update = racing_update  # type: ignore[method-assign]
+    monkeypatch.setattr(gw.fleet, "replace_spec", racing_replace)
     resp = await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.3"))
     assert resp.status == 202, await resp.text()
+    assert (await resp.json())["revision"] == 2
+    assert len(tried) == 2 and tried[0] != tried[1]  # a conflict, then a fresh read
+    obj = await gw.stored("edge-1")
+    assert obj["spec"]["kubernetesVersion"] == "v1.35.3"
+    assert obj["status"]["phase"] == "CapiCreated"  # the controller's write stands
     rec = await gw.record("edge-1")
     assert rec.phase == "CapiCreated" and rec.spec.revision == 2
 
 
 async def test_if_match_guards_against_lost_updates(gw: Gw) -> None:
     assert (await gw.post(dev_request())).status == 202
+    await gw.controller_writes("edge-1")
     etag = (await gw.get("/v1/clusters/edge-1")).headers["ETag"]
+    assert etag == '"1"'
     assert (await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.3"),
                          {"If-Match": etag})).status == 202
     got = await problem(await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.4"),
                                      {"If-Match": etag}), 412)
-    assert "revision 2" in got["detail"]
+    assert 'is now "2"' in got["detail"]
     await problem(await gw.put("edge-1", spec_update(), {"If-Match": "yesterday"}), 400)
     assert (await gw.record("edge-1")).spec.kubernetes_version == "v1.35.3"
+    assert (await gw.stored("edge-1"))["spec"]["kubernetesVersion"] == "v1.35.3"
 
 
 @pytest.mark.parametrize(("body", "field", "message"), [
@@ -439,39 +584,93 @@ async def test_changes_that_cannot_apply_are_refused(gw: Gw, body: dict[str, Any
     assert message in got["detail"]
     rec = await gw.record("edge-1")
     assert rec.spec.revision == 1 and rec.spec.kubernetes_version == "v1.35.2"
+    assert (await gw.stored("edge-1"))["metadata"]["generation"] == 1  # nothing written
 
 
 @pytest.mark.parametrize("phase", ["Failed", "Deleting"])
 async def test_failed_or_deleting_clusters_cannot_change(gw: Gw, phase: str) -> None:
     assert (await gw.post(dev_request())).status == 202
-    rec = await gw.record("edge-1")
-    await gw.store.update(rec.failed("CapiCreated: quota") if phase == "Failed"
-                          else rec.advanced("Deleting"))
+    await gw.controller_writes("edge-1", phase=phase, **(
+        {"failedReason": "CapiCreated: quota"} if phase == "Failed" else {}))
     got = await problem(await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.3")), 409)
     assert phase in got["detail"]
+    if phase == "Failed":
+        assert "CapiCreated: quota" in got["detail"]
     assert (await gw.record("edge-1")).spec.revision == 1
+    assert (await gw.stored("edge-1"))["spec"]["kubernetesVersion"] == "v1.35.2"
 
 
 # -- delete ---------------------------------------------------------------------------------------
+async def hold_with_finalizer(gw: Gw, name: str) -> None:
+    """Add the controller's finalizer, as it does on its first pass."""
+    obj = await gw.kube.patch(OUTPOST_CLUSTER, name, {"metadata": {"finalizers": [FINALIZER]}},
+                              "fleet", field_manager=MANAGER)
+    await gw.cached(name, obj["metadata"]["resourceVersion"])
+
+
 async def test_delete_marks_deleting(gw: Gw) -> None:
     assert (await gw.post(dev_request())).status == 202
+    await gw.controller_writes("edge-1")
+    assert (await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.3"))).status == 202
+    await gw.controller_writes("edge-1")  # revision 2 is the desired spec
+    await hold_with_finalizer(gw, "edge-1")
     for _ in range(2):  # idempotent
-        resp = await gw.client.delete("/v1/clusters/edge-1", headers=AUTH)
-        assert resp.status == 202
-        assert (await resp.json())["phase"] == "Deleting"
-    rec = await gw.record("edge-1")
-    assert rec.phase == "Deleting"
-    assert [s.phase for s in rec.steps] == ["Requested", "Deleting"]
-    assert gw.woken == ["edge-1", "edge-1"]
+        resp = await gw.delete("edge-1")
+        assert resp.status == 202, await resp.text()
+        assert await resp.json() == {"name": "edge-1", "phase": "Deleting", "revision": 2,
+                                     "href": "/v1/clusters/edge-1"}
+    # The resource stays until the controller has retired the cluster and drops its finalizer.
+    obj = await gw.stored("edge-1")
+    assert obj["metadata"]["deletionTimestamp"] and obj["metadata"]["finalizers"] == [FINALIZER]
+    assert (await gw.get("/v1/clusters/edge-1")).status == 200
+
+
+async def test_delete_without_a_finalizer_removes_the_cluster(gw: Gw) -> None:
+    assert (await gw.post(dev_request())).status == 202
+    resp = await gw.delete("edge-1")
+    assert resp.status == 202, await resp.text()
+    assert await resp.json() == {"name": "edge-1", "phase": "Deleting", "revision": 1,
+                                 "href": "/v1/clusters/edge-1"}
+    with pytest.raises(NotFound):
+        await gw.stored("edge-1")
+    await eventually(lambda: gw.fleet.owner_of("edge-1") is None, timeout=10, interval=0.01,
+                     what="the deletion in the cache")
+    await problem(await gw.get("/v1/clusters/edge-1"), 404)
+    await problem(await gw.delete("edge-1"), 404)
+    assert await gw.created() == []
+
+
+async def test_a_cluster_being_deleted_cannot_change(gw: Gw) -> None:
+    """Deleted, the controller still retiring it (its finalizer holds the resource), before
+    the controller has written phase Deleting: the DELETE said Deleting, so no new revision."""
+    assert (await gw.post(dev_request())).status == 202
+    await hold_with_finalizer(gw, "edge-1")
+    assert (await gw.delete("edge-1")).status == 202
+    await eventually(lambda: "deletionTimestamp" in gw.cache("edge-1")["metadata"],
+                     timeout=10, interval=0.01, what="the deletion in the cache")
+    got = await problem(await gw.put("edge-1", spec_update(kubernetesVersion="v1.35.3")), 409)
+    assert "Deleting" in got["detail"]
+    assert (await gw.stored("edge-1"))["spec"]["kubernetesVersion"] == "v1.35.2"
 
 
 # -- management cluster down -----------------------------------------------------------------------
-async def test_management_cluster_down_is_503(gw: Gw, api: ApiServer) -> None:
-    gw.store.kube.request_timeout = 2  # type: ignore[attr-defined]
+async def test_management_cluster_down_is_503(gw: Gw, api: ApiServer,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    gw.kube.request_timeout = 0.5
+    # How long a request waits for the informers to list again: short, to keep this fast.
+    monkeypatch.setattr(gw.fleet, "synced", functools.partial(gw.fleet.synced, timeout=0.1))
     await api.stop()
-    resp = await gw.post(dev_request())
+    resp = await gw.post(dev_request())  # whether or not the informers have noticed yet
     got = await problem(resp, 503)
     assert "retry" in got["detail"] and resp.headers["Retry-After"]
+    await eventually(lambda: not gw.fleet.clusters.synced.is_set(), timeout=10,
+                     what="the informer to notice the outage")
+    for method, path in [("POST", "/v1/clusters"), ("GET", "/v1/clusters"),
+                         ("GET", "/v1/clusters/edge-1"), ("DELETE", "/v1/clusters/edge-1"),
+                         ("PUT", "/v1/clusters/edge-1/spec")]:
+        resp = await gw.client.request(method, path, headers=AUTH, json=dev_request())
+        got = await problem(resp, 503)
+        assert "retry" in got["detail"] and resp.headers["Retry-After"], path
 
 
 # -- documents ------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from agent.kube import ApiKubeClient
 from mgmt_gateway.api import ApiDeps, make_app
 from mgmt_gateway.daemon import Gateway
 from mgmt_gateway.settings import GatewaySettings
-from mgmt_gateway.state import RecordStore
+from mgmt_gateway.store import OutpostClusters
 from testbed.apiserver import ApiServer
+from testbed.crds import gateway_crd_files
 from tests.fixtures.site import eventually
 
 # Nothing listens there: the gateway keeps retrying NATS, which is not what these tests are about.
@@ -28,7 +29,7 @@ NO_NATS = "nats://127.0.0.1:9"
 def settings(kubeconfig: Path, state: Path) -> GatewaySettings:
     return GatewaySettings(kubeconfig=kubeconfig, nats_servers=[NO_NATS],
                            signing_key_file=state / "key.pem", api_tokens=["t"],
-                           http_host="127.0.0.1", http_port=0, work_dir=state,
+                           http_host="127.0.0.1", http_port=0,
                            poll_seconds=0.05, retry_max_seconds=0.2)
 
 
@@ -36,7 +37,7 @@ async def test_healthz_follows_liveness(api: ApiServer, kubeconfig: Path) -> Non
     alive = [(True, "ok")]
     kube = await ApiKubeClient.from_kubeconfig(kubeconfig)
     try:
-        deps = ApiDeps(records=RecordStore(kube), statuses=dict, wake=lambda _: None,
+        deps = ApiDeps(fleet=OutpostClusters(kube), statuses=dict,
                        tokens={"t"}, live=lambda: alive[0], registry=CollectorRegistry())
         async with TestClient(TestServer(make_app(deps))) as client:
             assert (await client.get("/healthz")).status == 200
@@ -50,6 +51,7 @@ async def test_healthz_follows_liveness(api: ApiServer, kubeconfig: Path) -> Non
 
 async def test_a_task_that_keeps_crashing_ends_the_gateway_with_status_1(
         api: ApiServer, kubeconfig: Path, tmp_path: Path) -> None:
+    await api.install_crds(gateway_crd_files())
     kube = await ApiKubeClient.from_kubeconfig(kubeconfig)
     gw = Gateway(settings(kubeconfig, tmp_path), kube)
     crashes = 0
@@ -76,6 +78,7 @@ async def test_a_task_that_keeps_crashing_ends_the_gateway_with_status_1(
 
 async def test_healthy_gateway_is_alive_and_stops_with_status_0(
         api: ApiServer, kubeconfig: Path, tmp_path: Path) -> None:
+    await api.install_crds(gateway_crd_files())
     kube = await ApiKubeClient.from_kubeconfig(kubeconfig)
     gw = Gateway(settings(kubeconfig, tmp_path), kube)
     stop = asyncio.Event()
@@ -100,6 +103,7 @@ async def test_the_process_exits_non_zero_when_a_task_cannot_recover(
         api: ApiServer, kubeconfig: Path, tmp_path: Path) -> None:
     """The real entry point in its own process; only the status collector is swapped for one
     that always fails, so what is tested is the daemon's wiring up to the exit status."""
+    await api.install_crds(gateway_crd_files())
     script = textwrap.dedent("""
         import sys
         from mgmt_gateway import daemon
@@ -115,7 +119,6 @@ async def test_the_process_exits_non_zero_when_a_task_cannot_recover(
            "OUTPOST_GATEWAY_NATS_SERVERS": NO_NATS,
            "OUTPOST_GATEWAY_SIGNING_KEY_FILE": str(tmp_path / "key.pem"),
            "OUTPOST_GATEWAY_HTTP_HOST": "127.0.0.1", "OUTPOST_GATEWAY_HTTP_PORT": "0",
-           "OUTPOST_GATEWAY_WORK_DIR": str(tmp_path),
            "OUTPOST_GATEWAY_RETRY_MAX_SECONDS": "0.2",
            "OUTPOST_GATEWAY_LOG_LEVEL": "WARNING"}
     proc = await asyncio.create_subprocess_exec(
@@ -129,3 +132,18 @@ async def test_the_process_exits_non_zero_when_a_task_cannot_recover(
             await proc.wait()
     assert proc.returncode == 1, err.decode()[-2000:]
     assert b"keeps failing" in err
+
+
+async def test_without_its_crds_the_gateway_says_what_to_apply(
+        api: ApiServer, kubeconfig: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OUTPOST_GATEWAY_KUBECONFIG": str(kubeconfig),
+           "OUTPOST_GATEWAY_NATS_SERVERS": NO_NATS,
+           "OUTPOST_GATEWAY_SIGNING_KEY_FILE": str(tmp_path / "key.pem"),
+           "OUTPOST_GATEWAY_HTTP_HOST": "127.0.0.1", "OUTPOST_GATEWAY_HTTP_PORT": "0"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mgmt_gateway.daemon", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)  # bounds a failure only
+    assert proc.returncode == 2, err.decode()[-2000:]
+    assert b"does not serve OutpostCluster" in err
+    assert b"kubectl apply -f manifests/gateway/crds" in err

@@ -85,7 +85,8 @@ def test_every_object_is_named_and_typed(base: str, request: pytest.FixtureReque
 def test_gateway_lives_in_outpost_system(gateway: list[Obj]) -> None:
     find(gateway, "Namespace", GATEWAY_NS)
     for o in gateway:
-        if o["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+        if o["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding",
+                         "CustomResourceDefinition"):
             continue
         if o["kind"] == "RoleBinding" and o["roleRef"]["kind"] == "ClusterRole":
             continue  # the Cluster API rights, bound in a namespace of managed clusters
@@ -127,7 +128,9 @@ def test_gateway_files_come_from_its_volumes(gateway: list[Obj]) -> None:
     mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
     env = {e["name"]: e.get("value") for e in c["env"]}
 
-    assert "emptyDir" in mounts[env["OUTPOST_GATEWAY_WORK_DIR"]]
+    assert "OUTPOST_GATEWAY_WORK_DIR" not in env  # kubeconfigs are never written to disk
+    pod_name = next(e for e in c["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     secret = find(gateway, "Secret", "outpost-gateway")
     keys = set(secret.get("stringData") or {}) | set(secret.get("data") or {})
     for name in ("OUTPOST_GATEWAY_SIGNING_KEY_FILE", "OUTPOST_GATEWAY_API_TOKENS_FILE"):
@@ -255,11 +258,26 @@ def test_gateway_rbac_covers_what_the_gateway_does(gateway: list[Obj]) -> None:
                 r.KUBEADM_CONFIG_TEMPLATE, r.SECRET, r.CONFIG_MAP):
         for verb in ("list", "patch", "delete"):
             assert allows(gateway, "managed", res, verb), (res, verb)
-    # Its records and kubeconfig copies.
-    for verb in ("get", "list", "create", "update", "delete"):
+    # Its pivot journals and kubeconfig copies, next to each cluster (server-side applied).
+    for res in (r.CONFIG_MAP, r.SECRET):
+        for verb in ("get", "patch", "delete"):
+            assert allows(gateway, "managed", res, verb), (res, verb)
+    # The management plane's resources, in every namespace, and Events on them.
+    ocl = Resource("outpost.io", "v1alpha1", "outpostclusters", "OutpostCluster")
+    status = Resource("outpost.io", "v1alpha1", "outpostclusters/status", "OutpostCluster")
+    profiles = Resource("outpost.io", "v1alpha1", "clusterprofiles", "ClusterProfile")
+    for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+        assert allows(gateway, "cluster", ocl, verb), verb
+    assert allows(gateway, "cluster", status, "update")
+    for verb in ("list", "watch"):
+        assert allows(gateway, "cluster", profiles, verb), verb
+    assert allows(gateway, "cluster", r.EVENT, "create")
+    # Its lease, and what older gateways left in its namespace (adopted once).
+    for verb in ("get", "create", "update"):
+        assert allows(gateway, "own", r.LEASE, verb), verb
+    for verb in ("list", "delete"):
         assert allows(gateway, "own", r.CONFIG_MAP, verb), verb
-    for verb in ("get", "create", "patch", "delete"):
-        assert allows(gateway, "own", r.SECRET, verb), verb
+    assert allows(gateway, "own", r.SECRET, "delete")
     # Its own namespace, applied at startup; never a namespace it may not patch.
     assert allows(gateway, "cluster", r.NAMESPACE, "patch", GATEWAY_NS)
     assert not allows(gateway, "cluster", r.NAMESPACE, "patch", "kube-system")
@@ -268,6 +286,7 @@ def test_gateway_rbac_covers_what_the_gateway_does(gateway: list[Obj]) -> None:
     assert not allows(gateway, "managed", r.SECRET, "create")
     assert not allows(gateway, "managed", r.CLUSTER, "watch")
     assert not allows(gateway, "own", r.SECRET, "list")
+    assert not allows(gateway, "cluster", profiles, "delete")
 
 
 def test_gateway_service_exposes_the_api(gateway: list[Obj]) -> None:

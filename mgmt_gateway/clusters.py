@@ -1,0 +1,337 @@
+"""The custom resources of the management plane, and how they map to the gateway's records.
+
+An `OutpostCluster` holds what a platform team asks for (spec, written by people and GitOps)
+and what the gateway and the agent report (status, written by the gateway only, through the
+`/status` subresource). A `ClusterProfile` is a named, versioned, immutable set of add-ons
+that clusters refer to. Everything here is pure: parsing objects and building status.
+
+The desired revision counts distinct desired specs, not edits: the gateway gives a spec a new
+revision only when its content (the profile it resolves to included) differs from the one
+`status.specHash` names, so re-applying the same YAML publishes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from agent.kube import Obj, Resource
+from agent.spec import ClusterSpec, Condition, StatusReport, explain
+from agent.spec.models import (
+    Addon,
+    CertificatePolicy,
+    ClusterName,
+    ClusterProfile,
+    ControlPlane,
+    Infrastructure,
+    KubeVersion,
+    Model,
+    Namespace,
+    SshKey,
+    WorkerPool,
+)
+
+from .state import ClusterRecord, Phase, StepRecord
+
+GROUP = "outpost.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+OUTPOST_CLUSTER = Resource(GROUP, VERSION, "outpostclusters", "OutpostCluster")
+CLUSTER_PROFILE = Resource(GROUP, VERSION, "clusterprofiles", "ClusterProfile")
+FINALIZER = "outpost.io/retire"
+MANAGER = "outpost-gateway"
+PHASES: frozenset[str] = frozenset(Phase.__args__)  # type: ignore[attr-defined]
+
+
+class ProfileRef(Model):
+    """Which ClusterProfile (in the cluster's namespace) the agent installs."""
+
+    name: str = Field(min_length=1, max_length=63)
+    version: str = Field(min_length=1, max_length=64)
+    values: dict[str, Any] = Field(
+        default_factory=dict, description="per-cluster values for the profile's add-ons")
+
+
+class OutpostClusterSpec(Model):
+    """`OutpostCluster.spec`: the desired cluster. The CRD's OpenAPI schema and CEL rules
+    validate the same on the API server; this model is the authority (the ClusterSpec rules
+    that span fields, e.g. the worker version skew, only run here)."""
+
+    kubernetes_version: KubeVersion
+    infrastructure: Infrastructure
+    control_plane: ControlPlane
+    workers: tuple[WorkerPool, ...] = ()
+    profile: ProfileRef | None = None
+    certificates: CertificatePolicy = CertificatePolicy()
+    ssh_authorized_keys: tuple[SshKey, ...] = ()
+
+    def to_spec(self, name: str, namespace: str, revision: int,
+                profile: ClusterProfile | None) -> ClusterSpec:
+        """The signed contract at `revision`; raises ValidationError on a cross-field rule."""
+        fields = self.model_dump(by_alias=True, mode="json",
+                                 include=set(OutpostClusterSpec.model_fields) - {"profile"})
+        if profile is not None:
+            fields["profile"] = profile.model_dump(by_alias=True, mode="json")
+        return ClusterSpec.model_validate(
+            {**fields, "clusterName": name, "namespace": namespace, "revision": revision})
+
+
+class ClusterRequest(OutpostClusterSpec):
+    """What the REST façade accepts to create a cluster: an OutpostCluster's spec plus the
+    name and namespace of the resource it becomes."""
+
+    name: ClusterName = Field(description="DNS label of at most 40 characters; the cluster's "
+                              "key in NATS and the stem of its Cluster API object names")
+    namespace: Namespace = Field(
+        default="default", description="namespace of the OutpostCluster and of its Cluster API "
+                                       "objects")
+
+    def body(self) -> Obj:
+        spec = self.model_dump(by_alias=True, exclude={"name", "namespace"}, mode="json",
+                               exclude_defaults=True)
+        return cluster_object(self.name, self.namespace, spec)
+
+
+def cluster_object(name: str, namespace: str, spec: Mapping[str, Any]) -> Obj:
+    return {"apiVersion": API_VERSION, "kind": "OutpostCluster",
+            "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
+
+
+def profile_of(obj: Obj) -> ClusterProfile:
+    """The add-ons of a ClusterProfile object; raises ValidationError."""
+    spec = obj.get("spec") or {}
+    return ClusterProfile.model_validate({
+        "name": spec.get("name"), "version": spec.get("version"),
+        "addons": [Addon.model_validate(a) for a in spec.get("addons") or ()]})
+
+
+def spec_hash(spec: ClusterSpec) -> str:
+    """Digest of the desired content, revision excluded: equal specs get equal hashes."""
+    body = spec.model_dump(by_alias=True, mode="json", exclude={"revision"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+                          ).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """Why an OutpostCluster cannot be worked now (the reason is a condition reason)."""
+
+    reason: str
+    message: str
+
+
+def desired(obj: Obj, profiles: Sequence[Obj]) -> tuple[ClusterSpec, str] | Invalid:
+    """The desired ClusterSpec of an OutpostCluster (at its current or next revision) and its
+    hash, or why there is none. `profiles` are the ClusterProfiles of its namespace."""
+    meta = obj.get("metadata") or {}
+    name, namespace = str(meta.get("name", "")), str(meta.get("namespace", ""))
+    status = obj.get("status") or {}
+    try:
+        body = OutpostClusterSpec.model_validate(obj.get("spec") or {})
+    except ValidationError as e:
+        return Invalid("InvalidSpec", f"spec is invalid: {explain(e)}. Fix the resource; the "
+                                      "last published revision stays in force meanwhile")
+    profile: ClusterProfile | None = None
+    if body.profile is not None:
+        ref = body.profile
+        found = [p for p in profiles if (p.get("spec") or {}).get("name") == ref.name
+                 and str((p.get("spec") or {}).get("version")) == ref.version]
+        if not found:
+            return Invalid("ProfileNotFound",
+                           f"no ClusterProfile in namespace {namespace} has name {ref.name!r} "
+                           f"and version {ref.version!r}: create it (kubectl get "
+                           f"clusterprofiles -n {namespace} lists those there)")
+        if len(found) > 1:
+            names = ", ".join(sorted(p["metadata"]["name"] for p in found))
+            return Invalid("ProfileAmbiguous", f"several ClusterProfiles are {ref.name} "
+                                               f"{ref.version} ({names}): delete all but one")
+        try:
+            profile = profile_of(found[0])
+        except ValidationError as e:
+            return Invalid("InvalidProfile", f"ClusterProfile {found[0]['metadata']['name']} "
+                                             f"is invalid: {explain(e)}")
+    current = int(status.get("desiredRevision") or 0)
+    try:
+        trial = body.to_spec(name, namespace, max(current, 1), profile)
+    except ValidationError as e:
+        return Invalid("InvalidSpec", f"spec is invalid: {explain(e)}. Fix the resource; the "
+                                      "last published revision stays in force meanwhile")
+    digest = spec_hash(trial)
+    if digest != status.get("specHash") or current == 0:
+        trial = trial.model_copy(update={"revision": current + 1})
+    return trial, digest
+
+
+# -- status ---------------------------------------------------------------------------------
+def _time(t: datetime | None) -> str | None:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t is not None else None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def record_of(obj: Obj, spec: ClusterSpec) -> ClusterRecord:
+    """The gateway's working record of an OutpostCluster whose desired spec is `spec`."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    phase: Phase = status["phase"] if status.get("phase") in PHASES else "Requested"
+    if meta.get("deletionTimestamp"):
+        phase = "Deleting"  # deleted: whatever the controller has written so far
+    steps = []
+    for s in status.get("steps") or ():
+        started = _parse_time(s.get("startedAt"))
+        if started is not None and s.get("phase") in PHASES:
+            steps.append(StepRecord(phase=s["phase"], started_at=started,
+                                    finished_at=_parse_time(s.get("finishedAt")),
+                                    detail=str(s.get("detail") or "")))
+    created = _parse_time(meta.get("creationTimestamp"))
+    return ClusterRecord(
+        name=str(meta.get("name")), phase=phase, spec=spec,
+        published_revision=int(status.get("publishedRevision") or 0),
+        published_kv_revision=int(status.get("publishedKvRevision") or 0),
+        failed_reason=status.get("failedReason") or None,
+        last_error=status.get("lastError") or None, steps=tuple(steps),
+        created_at=created or datetime.now(UTC),
+        resource_version=str(meta.get("resourceVersion", "")))
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What the cluster's agent last reported, as the status shows it."""
+
+    report: StatusReport
+    last_seen: datetime
+    connected: bool
+
+
+def condition(type_: str, ok: bool, reason: str, message: str, generation: int,
+              previous: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+    """A metav1.Condition that keeps its transition time while its status holds."""
+    status = "True" if ok else "False"
+    before = next((c for c in previous if c.get("type") == type_), None)
+    since = (before.get("lastTransitionTime") if before and before.get("status") == status
+             else _time(now))
+    return {"type": type_, "status": status, "reason": reason, "message": message[:32768],
+            "lastTransitionTime": since, "observedGeneration": generation}
+
+
+_WHAT_NEXT: dict[str, str] = {
+    "Requested": "creating the Cluster API objects",
+    "CapiCreated": "waiting for Cluster API to initialize the first control-plane node",
+    "FirstControlPlaneReady": "installing the agent and the Cluster API controllers",
+    "AgentInstalled": "moving the Cluster API objects into the cluster (pivot)",
+    "Pivoted": "publishing the signed spec to the agent",
+    "Deleting": "retiring the cluster",
+}
+
+
+def status_of(rec: ClusterRecord | None, obj: Obj, *, spec_digest: str | None,
+              invalid: Invalid | None, agent: AgentView | None, now: datetime,
+              pivot_journal: str | None = None) -> dict[str, Any]:
+    """The whole status the gateway writes for an OutpostCluster: the record's progress, the
+    agent's last report, and conditions saying what holds and what to do."""
+    meta = obj.get("metadata") or {}
+    old = dict(obj.get("status") or {})
+    generation = int(meta.get("generation") or 0)
+    previous = old.get("conditions") or []
+    out: dict[str, Any] = {k: v for k, v in old.items() if k in (
+        "phase", "desiredRevision", "specHash", "publishedRevision", "publishedKvRevision",
+        "steps", "pivot", "failedReason", "lastError")}
+    if rec is not None:
+        out.update({
+            "phase": rec.phase, "desiredRevision": rec.spec.revision,
+            "publishedRevision": rec.published_revision,
+            "publishedKvRevision": rec.published_kv_revision,
+            "steps": [{k: v for k, v in {
+                "phase": s.phase, "startedAt": _time(s.started_at),
+                "finishedAt": _time(s.finished_at),
+                "durationSeconds": round((s.finished_at - s.started_at).total_seconds(), 3)
+                if s.finished_at else None, "detail": s.detail or None}.items()
+                if v is not None} for s in rec.steps]})
+        for key, value in (("failedReason", rec.failed_reason), ("lastError", rec.last_error)):
+            if value:
+                out[key] = value
+            else:
+                out.pop(key, None)
+    if spec_digest is not None:
+        out["specHash"] = spec_digest
+    if pivot_journal is not None:
+        out.setdefault("pivot", {})
+        out["pivot"] = {**out["pivot"], "journal": pivot_journal}
+    out["observedGeneration"] = generation
+    phase = out.get("phase", "Requested")
+    conditions: list[dict[str, Any]] = []
+    if invalid is not None:
+        conditions.append(condition("SpecAccepted", False, invalid.reason, invalid.message,
+                                    generation, previous, now))
+    else:
+        conditions.append(condition("SpecAccepted", True, "Accepted",
+                                    f"revision {out.get('desiredRevision', 0)} is the desired "
+                                    "spec", generation, previous, now))
+    if phase == "Failed":
+        conditions.append(condition(
+            "Ready", False, "BootstrapFailed",
+            f"{out.get('failedReason')}. Fix the cause, then delete and re-create the "
+            "OutpostCluster (its Cluster API objects are in its namespace)",
+            generation, previous, now))
+    elif phase == "Managed":
+        in_sync = agent is not None and agent.report.applied_revision == out.get(
+            "desiredRevision")
+        if in_sync:
+            conditions.append(condition("Ready", True, "Converged", "the agent reports the "
+                                        "desired revision applied", generation, previous, now))
+        else:
+            conditions.append(condition(
+                "Ready", False, "WaitingForAgent",
+                f"revision {out.get('desiredRevision')} is published; the agent reports "
+                f"{agent.report.applied_revision if agent else 'nothing yet'} applied "
+                "(it applies once connected)", generation, previous, now))
+    else:
+        why = out.get("lastError")
+        message = _WHAT_NEXT.get(str(phase), str(phase))
+        conditions.append(condition(
+            "Ready", False, "StepFailing" if why else "Bootstrapping",
+            f"{message}; the last attempt failed: {why} (retrying with backoff)" if why
+            else message, generation, previous, now))
+    if agent is not None:
+        report = agent.report
+        out.update({"appliedRevision": report.applied_revision,
+                    "observedRevision": report.observed_revision,
+                    "connected": agent.connected, "lastSeen": _time(agent.last_seen),
+                    "agentVersion": report.agent_version, "agentPhase": report.phase})
+        for c in report.conditions:
+            if c.type in ("Ready", "SpecAccepted"):
+                continue
+            conditions.append(_agent_condition(c, generation))
+    else:
+        for key in ("appliedRevision", "observedRevision", "lastSeen", "agentVersion",
+                    "agentPhase"):
+            if key in old:
+                out[key] = old[key]
+        out["connected"] = False
+    out["conditions"] = conditions
+    return out
+
+
+def _agent_condition(c: Condition, generation: int) -> dict[str, Any]:
+    return {"type": c.type, "status": c.status, "reason": c.reason or "Reported",
+            "message": c.message, "lastTransitionTime": _time(c.last_transition_time),
+            "observedGeneration": generation}
+
+
+def same_status(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether writing `b` over `a` would change anything (no write when it would not)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True,
+                                                                     default=str)
