@@ -1,0 +1,125 @@
+"""The day-2 edits of `outpostctl` as pure functions of an OutpostCluster's spec.
+
+Each returns the new spec and what changed in words, or raises `EditRefused` saying why and what
+to do instead; the new spec is checked against the same contract the gateway applies
+(`OutpostClusterSpec`), so a refused edit never reaches the API server.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent.spec import explain
+
+from ..clusters import OutpostClusterSpec
+
+Spec = dict[str, Any]
+
+
+class EditRefused(ValueError):
+    """The edit cannot be made; the message says why and what to do."""
+
+
+def _checked(spec: Spec) -> Spec:
+    try:
+        OutpostClusterSpec.model_validate(spec)
+    except ValidationError as e:
+        raise EditRefused(f"the result would be invalid: {explain(e)}") from None
+    return spec
+
+
+def _version(v: str) -> tuple[int, int, int]:
+    major, minor, patch = v.lstrip("v").split(".")
+    return int(major), int(minor), int(patch)
+
+
+def scale(spec: Mapping[str, Any], control_plane: int | None,
+          workers: Mapping[str, int]) -> tuple[Spec, list[str]]:
+    """Set the control-plane replicas and/or the replicas of named worker pools."""
+    new = copy.deepcopy(dict(spec))
+    changes: list[str] = []
+    if control_plane is not None:
+        cp = new.setdefault("controlPlane", {})
+        if cp.get("replicas") != control_plane:
+            changes.append(f"control plane {cp.get('replicas')} → {control_plane}")
+            cp["replicas"] = control_plane
+    pools = new.get("workers") or []
+    known = [str(p.get("name")) for p in pools]
+    missing = sorted(set(workers) - set(known))
+    if missing:
+        raise EditRefused(
+            f"no worker pool named {', '.join(missing)} (pools: {', '.join(known) or 'none'}); "
+            "a new pool is a change of spec.workers: add it with kubectl apply or kubectl edit")
+    for pool in pools:
+        want = workers.get(str(pool.get("name")))
+        if want is not None and pool.get("replicas") != want:
+            changes.append(f"workers {pool['name']} {pool.get('replicas')} → {want}")
+            pool["replicas"] = want
+    return _checked(new), changes
+
+
+def upgrade(spec: Mapping[str, Any], version: str, *,
+            pinned_workers: bool) -> tuple[Spec, list[str]]:
+    """Move the control plane (and the pools that follow it) to `version`, one minor at a time;
+    with `pinned_workers`, pools pinned to an older version move too."""
+    new = copy.deepcopy(dict(spec))
+    current = str(new.get("kubernetesVersion", ""))
+    try:
+        have, want = _version(current), _version(version)
+    except ValueError:
+        raise EditRefused(f"{version!r} is not a Kubernetes version like v1.35.2") from None
+    if want < have:
+        raise EditRefused(f"{version} is older than {current}: Kubernetes does not support "
+                          "downgrading a control plane; restore from a backup instead")
+    if want[:2] > (have[0], have[1] + 1):
+        nxt = f"v{have[0]}.{have[1] + 1}"
+        raise EditRefused(f"{current} → {version} skips a minor version: kubeadm upgrades one "
+                          f"minor at a time, so upgrade to the newest {nxt}.x first")
+    changes: list[str] = []
+    if want != have:
+        new["kubernetesVersion"] = version
+        changes.append(f"Kubernetes {current} → {version}")
+    for pool in new.get("workers") or []:
+        pinned = pool.get("version")
+        if pinned_workers and pinned and pinned != version:
+            changes.append(f"workers {pool['name']} {pinned} → {version}")
+            pool["version"] = version
+    return _checked(new), changes
+
+
+def rotate_certs(spec: Mapping[str, Any], at: datetime) -> tuple[Spec, list[str]]:
+    """Ask for the control-plane machines created before `at` to be rolled (new certificates)."""
+    new = copy.deepcopy(dict(spec))
+    stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    new.setdefault("certificates", {})["rotateAfter"] = stamp
+    return _checked(new), [f"certificates rotated for machines created before {stamp}"]
+
+
+def set_profile(spec: Mapping[str, Any], name: str, version: str,
+                values: Mapping[str, Any] | None,
+                available: Sequence[tuple[str, str]]) -> tuple[Spec, list[str]]:
+    """Point the cluster at ClusterProfile `name` `version` (one of `available`), keeping its
+    per-cluster values unless new ones are given."""
+    if (name, version) not in available:
+        have = ", ".join(f"{n} {v}" for n, v in sorted(available)) or "none"
+        raise EditRefused(f"no ClusterProfile {name} {version} in the cluster's namespace "
+                          f"(there: {have}); create it first")
+    new = copy.deepcopy(dict(spec))
+    old = new.get("profile") or {}
+    profile: dict[str, Any] = {"name": name, "version": version}
+    kept = old.get("values") if values is None else dict(values)
+    if kept:
+        profile["values"] = kept
+    changes = []
+    before = f"{old.get('name')} {old.get('version')}" if old else "none"
+    if before != f"{name} {version}":
+        changes.append(f"profile {before} → {name} {version}")
+    elif profile != old:
+        changes.append(f"profile {name} {version}: per-cluster values replaced")
+    new["profile"] = profile
+    return _checked(new), changes

@@ -1,0 +1,552 @@
+"""`outpostctl`: create, inspect and change Outpost clusters through their custom resources.
+
+Exit status: 0 done; 1 the operation failed (refused by the API, not found, a cluster that
+failed or did not become ready in time); 2 the command line or an input file is wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+
+from agent.kube import (
+    AlreadyExists,
+    ApiKubeClient,
+    Conflict,
+    Gone,
+    KubeError,
+    NotFound,
+    Obj,
+    Transient,
+)
+from agent.kube import resources as r
+from agent.spec import explain
+
+from ..bootstrap import kubeconfig_secret
+from ..clusters import API_VERSION, CLUSTER_PROFILE, OUTPOST_CLUSTER, OutpostClusterSpec
+from ..pivot import MemoryJournal, move
+from . import edits, views
+
+MANAGER = "outpostctl"
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="outpostctl", no_args_is_help=True, rich_markup_mode=None,
+    help="Create, inspect and change Outpost edge clusters through their OutpostCluster "
+         "resources in the management cluster (the kubeconfig's current context, as kubectl "
+         "and clusterctl use it).",
+    epilog="Exit status: 0 done; 1 the operation failed (refused, not found, a cluster that "
+           "failed or was not ready in time); 2 a wrong command line or input file.")
+create_app = typer.Typer(no_args_is_help=True, help="Create resources.")
+get_app = typer.Typer(no_args_is_help=True, help="List resources.")
+describe_app = typer.Typer(no_args_is_help=True, help="Show one resource in detail.")
+set_app = typer.Typer(no_args_is_help=True, help="Change one setting of a cluster.")
+app.add_typer(create_app, name="create")
+app.add_typer(get_app, name="get")
+app.add_typer(describe_app, name="describe")
+app.add_typer(set_app, name="set")
+
+out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 1000)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+@dataclass
+class Target:
+    kubeconfig: Path
+    context: str | None
+
+
+class Failed(Exception):
+    """The operation failed; exit 1 with this message."""
+
+
+class Usage(Exception):
+    """The command line or an input file is wrong; exit 2 with this message."""
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"outpostctl: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def _kubeconfig_path(value: str | None) -> Path:
+    """`--kubeconfig`, else the first existing file of $KUBECONFIG, else ~/.kube/config."""
+    if value:
+        return Path(value).expanduser()
+    for part in (os.environ.get("KUBECONFIG") or "").split(os.pathsep):
+        if part and Path(part).expanduser().exists():
+            return Path(part).expanduser()
+    return Path("~/.kube/config").expanduser()
+
+
+def _context_namespace(target: Target) -> str:
+    """The namespace of the kubeconfig's context, as kubectl defaults to it."""
+    try:
+        cfg = yaml.safe_load(target.kubeconfig.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return "default"
+    name = target.context or cfg.get("current-context")
+    for c in cfg.get("contexts") or ():
+        if c.get("name") == name:
+            return str((c.get("context") or {}).get("namespace") or "default")
+    return "default"
+
+
+@app.callback()
+def _main(ctx: typer.Context,
+          kubeconfig: Annotated[str | None, typer.Option(
+              help="kubeconfig of the management cluster [default: $KUBECONFIG, else "
+                   "~/.kube/config]", show_default=False)] = None,
+          context: Annotated[str | None, typer.Option(
+              help="kubeconfig context to use [default: the current one]",
+              show_default=False)] = None) -> None:
+    ctx.obj = Target(_kubeconfig_path(kubeconfig), context)
+
+
+def _run(ctx: typer.Context, work: Callable[[ApiKubeClient], Coroutine[Any, Any, T]]) -> T:
+    """Run `work` with a client of the management cluster; errors end the command cleanly."""
+    target: Target = ctx.obj
+
+    async def go() -> T:
+        if not target.kubeconfig.exists():
+            raise Usage(f"no kubeconfig at {target.kubeconfig}: pass --kubeconfig or set "
+                        "KUBECONFIG to the management cluster's")
+        kube = await ApiKubeClient.from_kubeconfig(target.kubeconfig, target.context,
+                                                   user_agent=MANAGER, request_timeout=15)
+        try:
+            return await work(kube)
+        finally:
+            await kube.close()
+
+    try:
+        return asyncio.run(go())
+    except Usage as e:
+        _fail(str(e), 2)
+    except Failed as e:
+        _fail(str(e), 1)
+    except NotFound as e:
+        if "outpostclusters" in str(e) and "/outpostclusters/" not in str(e):
+            _fail("the management cluster does not serve OutpostClusters: apply the CRDs "
+                  "(kubectl apply -f manifests/gateway/crds)", 1)
+        _fail(str(e), 1)
+    except Transient as e:
+        _fail(f"cannot reach the management cluster: {e} (check --kubeconfig/--context)", 1)
+    except KubeError as e:
+        _fail(str(e), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _namespace(ctx: typer.Context, namespace: str | None) -> str:
+    return namespace or _context_namespace(ctx.obj)
+
+
+async def _cluster(kube: ApiKubeClient, name: str, namespace: str) -> Obj:
+    try:
+        return await kube.get(OUTPOST_CLUSTER, name, namespace)
+    except NotFound:
+        raise Failed(f"no OutpostCluster {name!r} in namespace {namespace} (outpostctl get "
+                     "clusters -A lists them all)") from None
+
+
+NamespaceOpt = Annotated[str | None, typer.Option(
+    "--namespace", "-n", help="namespace of the OutpostCluster [default: the context's]",
+    show_default=False)]
+OutputOpt = Annotated[views.Output, typer.Option(
+    "--output", "-o", help="table (wide: more columns), json or yaml")]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- create --------------------------------------------------------------------------------
+def _load_clusters(file: str, namespace: str) -> list[Obj]:
+    """The OutpostClusters of a YAML or JSON file (several documents allowed), checked."""
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except OSError as e:
+        raise Usage(f"cannot read {file}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise Usage(f"{file} is not valid YAML: {e}") from None
+    if not docs:
+        raise Usage(f"{file} holds no resource")
+    found: list[Obj] = []
+    for i, doc in enumerate(docs, 1):
+        where = f"{file} document {i}"
+        if not isinstance(doc, dict) or doc.get("kind") != "OutpostCluster":
+            kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+            raise Usage(f"{where} is a {kind}, not an OutpostCluster (apply other resources "
+                        "with kubectl apply -f)")
+        if doc.get("apiVersion") != API_VERSION:
+            raise Usage(f"{where}: apiVersion must be {API_VERSION}, not "
+                        f"{doc.get('apiVersion')}")
+        meta = doc.get("metadata") or {}
+        if not meta.get("name"):
+            raise Usage(f"{where}: metadata.name is missing")
+        try:
+            OutpostClusterSpec.model_validate(doc.get("spec") or {})
+        except ValidationError as e:
+            raise Usage(f"{where} ({meta['name']}): {explain(e)}") from None
+        ns = meta.get("namespace") or namespace
+        found.append({**doc, "metadata": {**meta, "namespace": ns}})
+    return found
+
+
+def _finished(obj: Obj) -> tuple[bool, str | None]:
+    """Whether waiting for `obj` is over, and the failure if it failed."""
+    st = obj.get("status") or {}
+    if st.get("phase") == "Failed":
+        return True, str(st.get("failedReason") or "failed")
+    conditions = st.get("conditions") or ()
+    ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+    return st.get("phase") == "Managed" and ready.get("status") == "True", None
+
+
+async def _wait(kube: ApiKubeClient, obj: Obj, timeout: float,
+                say: Callable[[str], None]) -> Obj:
+    """Follow one OutpostCluster (a watch, re-opened as needed) until it is Ready or Failed,
+    printing its progress; raises Failed on failure or after `timeout` seconds."""
+    name, ns = obj["metadata"]["name"], obj["metadata"]["namespace"]
+    deadline = time.monotonic() + timeout
+    last: Obj | None = None
+
+    def seen(new: Obj) -> bool:
+        nonlocal last
+        for line in views.progress(last, new):
+            say(line)
+        last = new
+        done, failure = _finished(new)
+        if failure is not None:
+            raise Failed(f"{name} failed: {failure} (outpostctl describe cluster {name} -n "
+                         f"{ns})")
+        return done
+
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            phase = ((last or {}).get("status") or {}).get("phase") or "Pending"
+            raise Failed(f"{name} was not ready after {timeout:.0f}s (phase {phase}); it goes "
+                         f"on in the background: outpostctl describe cluster {name} -n {ns}")
+        current = await _cluster(kube, name, ns)
+        if seen(current):
+            return current
+        try:
+            async with asyncio.timeout(remaining):
+                stream = kube.watch(OUTPOST_CLUSTER, ns, timeout_seconds=int(min(remaining, 60))
+                                    + 1, resource_version=current["metadata"]["resourceVersion"])
+                async for ev in stream:
+                    if ev.object.get("metadata", {}).get("name") != name:
+                        continue
+                    if ev.type == "DELETED":
+                        raise Failed(f"{name} was deleted while waiting")
+                    if ev.type != "BOOKMARK" and seen(ev.object):
+                        return ev.object
+        except (TimeoutError, Gone, Transient):
+            continue
+
+
+@create_app.command("cluster")
+def create_cluster(
+        ctx: typer.Context,
+        file: Annotated[str, typer.Option(
+            "--filename", "-f", help="YAML or JSON file of one or more OutpostClusters "
+                                     "(- for standard input)")],
+        namespace: NamespaceOpt = None,
+        wait: Annotated[bool, typer.Option(
+            help="follow the bootstrap steps until the cluster is Ready")] = False,
+        timeout: Annotated[float, typer.Option(
+            help="seconds --wait waits before giving up (the cluster goes on)")] = 1800.0,
+) -> None:
+    """Create OutpostClusters from a file: the gateway then bootstraps each one (Cluster API
+    objects, first control-plane node, agent, pivot, signed spec)."""
+    ns = _namespace(ctx, namespace)
+    try:
+        objs = _load_clusters(file, ns)
+    except Usage as e:
+        _fail(str(e), 2)
+
+    async def work(kube: ApiKubeClient) -> None:
+        made = []
+        for obj in objs:
+            meta = obj["metadata"]
+            try:
+                made.append(await kube.create(OUTPOST_CLUSTER, obj))
+            except AlreadyExists:
+                raise Failed(f"OutpostCluster {meta['name']} already exists in namespace "
+                             f"{meta['namespace']}: change it with outpostctl scale/upgrade or "
+                             "kubectl apply") from None
+            except NotFound:
+                raise Failed(f"namespace {meta['namespace']} does not exist: kubectl create "
+                             f"namespace {meta['namespace']}") from None
+            out.print(f"outpostcluster.outpost.io/{meta['name']} created", markup=False)
+        if wait:
+            for obj in made:
+                start = time.monotonic()
+                await _wait(kube, obj, timeout,
+                            lambda line: out.print(line, markup=False))
+                out.print(f"{obj['metadata']['name']} is Ready "
+                          f"({time.monotonic() - start:.0f}s)", markup=False)
+
+    _run(ctx, work)
+
+
+# -- get / describe ------------------------------------------------------------------------
+@get_app.command("clusters")
+def get_clusters(
+        ctx: typer.Context,
+        name: Annotated[str | None, typer.Argument(help="one cluster (default: all)",
+                                                   show_default=False)] = None,
+        namespace: NamespaceOpt = None,
+        all_namespaces: Annotated[bool, typer.Option(
+            "--all-namespaces", "-A", help="clusters of every namespace")] = False,
+        output: OutputOpt = "table",
+) -> None:
+    """List OutpostClusters: phase, revisions (desired, published, applied), connected, Ready,
+    age."""
+    ns = None if all_namespaces else _namespace(ctx, namespace)
+
+    async def work(kube: ApiKubeClient) -> list[Obj]:
+        if name is not None:
+            if ns is None:
+                found = [o for o in (await kube.list(OUTPOST_CLUSTER)).items
+                         if o["metadata"]["name"] == name]
+                if not found:
+                    raise Failed(f"no OutpostCluster named {name!r} in any namespace")
+                return found
+            return [await _cluster(kube, name, ns)]
+        items = (await kube.list(OUTPOST_CLUSTER, ns)).items
+        return sorted(items, key=lambda o: (o["metadata"].get("namespace", ""),
+                                            o["metadata"]["name"]))
+
+    objs = _run(ctx, work)
+    if output in ("json", "yaml"):
+        value = objs[0] if name is not None and len(objs) == 1 else views.as_list(objs)
+        sys.stdout.write(views.dump(value, output))
+        return
+    if not objs:
+        err.print(f"No OutpostClusters found{f' in namespace {ns}' if ns else ''}.",
+                  markup=False)
+        return
+    out.print(views.cluster_table(objs, _now(), namespaces=ns is None, wide=output == "wide"))
+
+
+@describe_app.command("cluster")
+def describe_cluster(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="the OutpostCluster")],
+        namespace: NamespaceOpt = None,
+        output: OutputOpt = "table",
+) -> None:
+    """Where one cluster stands: readiness, revisions, agent, bootstrap steps with their
+    timings, pivot, add-ons, conditions, the last error and recent Events."""
+    ns = _namespace(ctx, namespace)
+
+    async def work(kube: ApiKubeClient) -> tuple[Obj, list[Obj]]:
+        obj = await _cluster(kube, name, ns)
+        try:
+            events = (await kube.list(r.EVENT, ns)).items
+        except KubeError:  # Events are context; a user who may not list them still sees status
+            events = []
+        return obj, views.events_of(obj, events)
+
+    obj, events = _run(ctx, work)
+    if output in ("json", "yaml"):
+        sys.stdout.write(views.dump(obj, output))
+        return
+    out.print(views.describe(obj, events, _now()))
+
+
+# -- day-2 edits ---------------------------------------------------------------------------
+Edit = Callable[[Obj, ApiKubeClient], Awaitable[tuple[dict[str, Any], list[str]]]]
+
+
+def _edit(ctx: typer.Context, name: str, namespace: str | None, edit: Edit) -> None:
+    """Read the cluster, edit its spec, write it back with the resourceVersion read (a
+    concurrent change makes the write conflict, and the edit is redone on the new object)."""
+    ns = _namespace(ctx, namespace)
+
+    async def work(kube: ApiKubeClient) -> None:
+        for _ in range(5):
+            obj = await _cluster(kube, name, ns)
+            try:
+                spec, changes = await edit(obj, kube)
+            except edits.EditRefused as e:
+                raise Failed(f"{name}: {e}") from None
+            if not changes:
+                out.print(f"{name}: nothing to change", markup=False)
+                return
+            try:
+                await kube.replace(OUTPOST_CLUSTER, {**obj, "spec": spec},
+                                   field_manager=MANAGER)
+            except Conflict:
+                continue
+            out.print(f"{name}: {'; '.join(changes)}. The gateway publishes a new revision "
+                      f"(outpostctl describe cluster {name} -n {ns})", markup=False)
+            return
+        raise Failed(f"{name} kept changing under this edit; try again")
+
+    _run(ctx, work)
+
+
+def _pools(values: list[str]) -> dict[str, int]:
+    pools: dict[str, int] = {}
+    for v in values:
+        pool, sep, count = v.partition("=")
+        if not sep or not pool or not count.isdigit():
+            raise typer.BadParameter(f"{v!r}: use POOL=REPLICAS, e.g. line-a=4",
+                                     param_hint="--workers")
+        pools[pool] = int(count)
+    return pools
+
+
+@app.command()
+def scale(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="the OutpostCluster")],
+        control_plane: Annotated[int | None, typer.Option(
+            help="control-plane replicas: 1, 3 or 5", show_default=False)] = None,
+        workers: Annotated[list[str] | None, typer.Option(
+            help="POOL=REPLICAS, once per pool to change", show_default=False)] = None,
+        namespace: NamespaceOpt = None,
+) -> None:
+    """Scale the control plane and/or worker pools of a cluster."""
+    pools = _pools(workers or [])
+    if control_plane is None and not pools:
+        raise typer.BadParameter("say what to scale: --control-plane N and/or "
+                                 "--workers POOL=N")
+
+    async def edit(obj: Obj, kube: ApiKubeClient) -> tuple[dict[str, Any], list[str]]:
+        return edits.scale(obj.get("spec") or {}, control_plane, pools)
+
+    _edit(ctx, name, namespace, edit)
+
+
+@app.command()
+def upgrade(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="the OutpostCluster")],
+        version: Annotated[str, typer.Argument(help="Kubernetes version, e.g. v1.36.1")],
+        pinned_workers: Annotated[bool, typer.Option(
+            "--pinned-workers", help="also move worker pools pinned to another version (pools "
+                                     "without a version always follow the control plane)")
+        ] = False,
+        namespace: NamespaceOpt = None,
+) -> None:
+    """Upgrade a cluster's Kubernetes version (one minor at a time; the agent rolls the
+    control plane first, then the workers)."""
+    async def edit(obj: Obj, kube: ApiKubeClient) -> tuple[dict[str, Any], list[str]]:
+        return edits.upgrade(obj.get("spec") or {}, version, pinned_workers=pinned_workers)
+
+    _edit(ctx, name, namespace, edit)
+
+
+@app.command("rotate-certs")
+def rotate_certs(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="the OutpostCluster")],
+        namespace: NamespaceOpt = None,
+) -> None:
+    """Renew a cluster's control-plane certificates now: its control-plane machines are
+    rolled (spec.certificates.rotateAfter)."""
+    async def edit(obj: Obj, kube: ApiKubeClient) -> tuple[dict[str, Any], list[str]]:
+        return edits.rotate_certs(obj.get("spec") or {}, _now())
+
+    _edit(ctx, name, namespace, edit)
+
+
+@set_app.command("profile")
+def set_profile(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="the OutpostCluster")],
+        profile: Annotated[str, typer.Argument(help="ClusterProfile name (spec.name)")],
+        version: Annotated[str, typer.Argument(help="ClusterProfile version")],
+        values: Annotated[Path | None, typer.Option(
+            help="YAML file of per-cluster values (default: keep the current ones)",
+            show_default=False)] = None,
+        namespace: NamespaceOpt = None,
+) -> None:
+    """Install a cluster profile's add-ons on a cluster (or move it to another version)."""
+    loaded: dict[str, Any] | None = None
+    if values is not None:
+        try:
+            loaded = yaml.safe_load(values.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            _fail(f"cannot read values from {values}: {e}", 2)
+        if not isinstance(loaded, dict):
+            _fail(f"{values} must hold a mapping of values", 2)
+
+    async def edit(obj: Obj, kube: ApiKubeClient) -> tuple[dict[str, Any], list[str]]:
+        profiles = (await kube.list(CLUSTER_PROFILE, obj["metadata"]["namespace"])).items
+        available = [(str((p.get("spec") or {}).get("name")),
+                      str((p.get("spec") or {}).get("version"))) for p in profiles]
+        return edits.set_profile(obj.get("spec") or {}, profile, version, loaded, available)
+
+    _edit(ctx, name, namespace, edit)
+
+
+# -- move-plan -----------------------------------------------------------------------------
+@app.command("move-plan")
+def move_plan(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="the OutpostCluster")],
+        namespace: NamespaceOpt = None,
+        target_kubeconfig: Annotated[Path | None, typer.Option(
+            help="kubeconfig of the cluster it would move into [default: the workload "
+                 "cluster's, from its kubeconfig Secret]", show_default=False)] = None,
+) -> None:
+    """What the pivot of a cluster would move into it (clusterctl move semantics), and what
+    it would skip or refuse. Reads only; changes nothing."""
+    ns = _namespace(ctx, namespace)
+
+    async def work(kube: ApiKubeClient) -> int:
+        obj = await _cluster(kube, name, ns)
+        phase = (obj.get("status") or {}).get("phase")
+        if phase in ("Pivoted", "Managed"):
+            out.print(f"{name} is already pivoted (phase {phase}): its Cluster API objects "
+                      "live in the workload cluster; nothing is left to move", markup=False)
+            return 0
+        if target_kubeconfig is not None:
+            target = await ApiKubeClient.from_kubeconfig(target_kubeconfig, user_agent=MANAGER)
+        else:
+            target = await ApiKubeClient.from_kubeconfig_data(
+                await _workload_kubeconfig(kube, name, ns), user_agent=MANAGER)
+        try:
+            report = await move(kube, target, ns, name, journal=MemoryJournal(), dry_run=True)
+        finally:
+            await target.close()
+        out.print(report.describe(), markup=False)
+        return 1 if report.problems else 0
+
+    if _run(ctx, work):
+        raise typer.Exit(1)
+
+
+async def _workload_kubeconfig(kube: ApiKubeClient, name: str, ns: str) -> bytes:
+    for secret in (kubeconfig_secret(name), f"{name}-kubeconfig"):
+        try:
+            data = (await kube.get(r.SECRET, secret, ns)).get("data") or {}
+        except NotFound:
+            continue
+        if data.get("value"):
+            return base64.b64decode(data["value"])
+    raise Failed(f"{name} has no kubeconfig Secret yet (its first control-plane node is not "
+                 "up): nothing could be moved before then")
+
+
+def main() -> None:
+    app()
