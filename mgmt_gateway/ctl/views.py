@@ -98,6 +98,20 @@ def _machines(spec: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def reached(obj: Obj) -> list[tuple[str, float | None, str]]:
+    """The bootstrap phases reached, each with how long it took to reach (from the previous
+    one, the first from the resource's creation) and what was done."""
+    st = obj.get("status") or {}
+    since = parse_time((obj.get("metadata") or {}).get("creationTimestamp"))
+    found: list[tuple[str, float | None, str]] = []
+    for s in st.get("steps") or ():
+        at = parse_time(s.get("startedAt"))
+        took = (at - since).total_seconds() if at and since and at >= since else None
+        found.append((str(s.get("phase")), took, str(s.get("detail") or "")))
+        since = at
+    return found
+
+
 def describe(obj: Obj, events: Sequence[Obj], now: datetime) -> Tree:
     """`outpostctl describe cluster`: where the cluster stands, as a tree (after
     `clusterctl describe cluster`): readiness, revisions, the agent, the bootstrap steps with
@@ -132,15 +146,13 @@ def describe(obj: Obj, events: Sequence[Obj], now: datetime) -> Tree:
     for a in addons:
         branch.add(f"{a.get('name')} {_str(a.get('version'), '')} {_str(a.get('phase'))}"
                    f"{': ' + a['message'] if a.get('message') else ''}")
-    steps = st.get("steps") or ()
+    steps = reached(obj)
     branch = root.add(f"Bootstrap: {len(steps)} step(s)")
-    for s in steps:
-        took = s.get("durationSeconds")
-        done = "[green]✓[/]" if s.get("finishedAt") else "[yellow]…[/]"
-        line = Text.from_markup(f"{done} {s.get('phase')}"
-                                f"{f'  {took:.1f}s' if isinstance(took, int | float) else ''}")
-        if s.get("detail"):
-            line.append(f"  {s['detail']}")
+    for phase, took, detail in steps:
+        secs = f"  {took:.1f}s" if took is not None else ""
+        line = Text.from_markup(f"[green]✓[/] {phase}{secs}")
+        if detail:
+            line.append(f"  {detail}")
         branch.add(line)
     pivot = st.get("pivot") or {}
     if pivot:
@@ -191,13 +203,11 @@ def progress(old: Obj | None, new: Obj) -> list[str]:
     phase changes, and the Ready condition's message when it changes."""
     before, after = (old or {}).get("status") or {}, new.get("status") or {}
     lines: list[str] = []
-    done_before = {s.get("phase") for s in before.get("steps") or () if s.get("finishedAt")}
-    for s in after.get("steps") or ():
-        if s.get("finishedAt") and s.get("phase") not in done_before:
-            took = s.get("durationSeconds")
-            detail = f"  {s['detail']}" if s.get("detail") else ""
-            secs = f" ({took:.1f}s)" if isinstance(took, int | float) else ""
-            lines.append(f"  ✓ {s.get('phase')}{secs}{detail}")
+    done_before = {phase for phase, _, _ in reached(old or {})}
+    for phase, took, detail in reached(new):
+        if phase not in done_before:
+            secs = f" ({took:.1f}s)" if took is not None else ""
+            lines.append(f"  ✓ {phase}{secs}{f'  {detail}' if detail else ''}")
     if after.get("phase") != before.get("phase") and after.get("phase"):
         lines.append(f"{new['metadata']['name']}: {after['phase']}")
     was, now_ = _condition(old or {}, "Ready"), _condition(new, "Ready")

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +124,17 @@ async def test_create_get_and_describe(mgmt: tuple[ApiKubeClient, Ctl], tmp_path
 
     # What the gateway reports shows up: phase, revisions, Ready and its message, steps.
     obj = await kube.get(OUTPOST_CLUSTER, "edge-a", NS)
+    created = datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+
+    def at(seconds: float) -> str:
+        return (created + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
     obj["status"] = {
         "phase": "Managed", "desiredRevision": 2, "publishedRevision": 2, "appliedRevision": 1,
         "connected": True, "lastSeen": "2026-01-01T00:00:00Z", "agentVersion": "0.1.0",
-        "steps": [{"phase": "CapiCreated", "startedAt": "2026-01-01T00:00:00Z",
-                   "finishedAt": "2026-01-01T00:00:02Z", "durationSeconds": 2.0,
-                   "detail": "4 CAPI objects applied"}],
+        "steps": [{"phase": "CapiCreated", "startedAt": at(2), "finishedAt": at(9),
+                   "durationSeconds": 7.0, "detail": "4 CAPI objects applied"},
+                  {"phase": "FirstControlPlaneReady", "startedAt": at(9)}],
         "conditions": [{"type": "Ready", "status": "False", "reason": "WaitingForAgent",
                         "message": "revision 2 is published; the agent reports 1 applied",
                         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
@@ -141,7 +147,8 @@ async def test_create_get_and_describe(mgmt: tuple[ApiKubeClient, Ctl], tmp_path
     assert rc == 0, err
     for text in ("OutpostCluster fleet/edge-a", "Ready False WaitingForAgent: revision 2 is "
                  "published; the agent reports 1 applied", "desired 2 · published 2 · applied 1",
-                 "CapiCreated  2.0s  4 CAPI objects applied", "workers line-a 2"):
+                 "CapiCreated  2.0s  4 CAPI objects applied",
+                 "FirstControlPlaneReady  7.0s", "workers line-a 2"):
         assert text in out, out
     rc, _, err = await ctl("describe", "cluster", "nope", "-n", NS)
     assert rc == 1 and "no OutpostCluster 'nope'" in err
