@@ -35,6 +35,7 @@ from .clusters import (
     AgentView,
     Invalid,
     record_of,
+    same_status,
     spec_hash,
     status_of,
 )
@@ -232,10 +233,13 @@ class ClusterController:
         new = status.get("lastSeen")
         if old and new and old != new:
             # The last-seen time alone is refreshed seldom: at fleet scale, one status write
-            # per agent report would be the management API's whole load.
+            # per agent report would be the management API's whole load. A write that happens
+            # anyway (connected flipped, a new revision applied) carries the fresh time.
             delta = _parse(new) - _parse(old)
-            if timedelta(0) <= delta < timedelta(seconds=self.last_seen_refresh):
-                status["lastSeen"] = old
+            held = {**status, "lastSeen": old}
+            if (timedelta(0) <= delta < timedelta(seconds=self.last_seen_refresh)
+                    and same_status(held, obj.get("status") or {})):
+                return held
         return status
 
     def _requeue_for_agent(self, name: str) -> float | None:

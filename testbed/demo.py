@@ -1,10 +1,11 @@
 """`outpost-demo`: the six steps of Outpost, end to end, on the embedded testbed.
 
 It brings up a management and a workload cluster (emulated APIs with simulated Cluster API), a
-real NATS server and the gateway; asks the gateway for a cluster; follows it through bootstrap,
-agent install and pivot until the agent in the workload cluster has scaled it to the full spec;
-then changes the spec (day 2), cuts the link to the management plane, breaks the cluster by hand
-and shows the agent repairing it from its cache, and the fleet view catching up afterwards.
+real NATS server and the gateway; creates an OutpostCluster with `outpostctl`; follows it through
+bootstrap, agent install and pivot until the agent in the workload cluster has scaled it to the
+full spec; then scales it with `outpostctl` (day 2), cuts the link to the management plane,
+breaks the cluster by hand and shows the agent repairing it from its cache, and the cluster's
+status catching up afterwards.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import yaml
 
 from agent.kube import ApiKubeClient
 from agent.kube import resources as r
+from mgmt_gateway.clusters import OUTPOST_CLUSTER
 from mgmt_gateway.daemon import Gateway
 from mgmt_gateway.settings import GatewaySettings
 
@@ -107,6 +109,30 @@ async def _poll(fn: Callable[[], Awaitable[Any]], interval: float = 0.2) -> Any:
         await asyncio.sleep(interval)
 
 
+def cluster_yaml(cp: int, workers: int) -> str:
+    """The OutpostCluster the demo asks for, as a platform team would keep it in Git."""
+    spec = {k: v for k, v in request(cp, workers).items() if k not in ("name", "namespace")}
+    return yaml.safe_dump({"apiVersion": "outpost.io/v1alpha1", "kind": "OutpostCluster",
+                           "metadata": {"name": CLUSTER, "namespace": NS}, "spec": spec},
+                          sort_keys=False)
+
+
+async def outpostctl(kubeconfig: Path, *args: str, say: Callable[[str], None]) -> str:
+    """Run `outpostctl` as a user would (its output shown), raising if it fails."""
+    say(f"  $ outpostctl {' '.join(args)}")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mgmt_gateway.ctl", "--kubeconfig", str(kubeconfig), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    text = out.decode().rstrip()
+    for line in text.splitlines():
+        say(f"    {line}")
+    if proc.returncode:
+        raise RuntimeError(f"outpostctl {args[0]} exited {proc.returncode}: "
+                           f"{err.decode().strip()}")
+    return text
+
+
 async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.stdout,
               api: Backend = "emulated") -> int:
     demo = Demo(state, step_delay, timeout, out)
@@ -117,113 +143,112 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
             kubeconfig=tb.management_kubeconfig, nats_servers=[tb.nats.url],
             signing_key_file=state / "gateway" / "signing-key.pem",
             components=components_files(), api_tokens=[TOKEN], http_host="127.0.0.1",
-            http_port=0, poll_seconds=0.2, agent_image="outpost:dev")
-        mgmt = await ApiKubeClient.from_kubeconfig(tb.management_kubeconfig)
+            http_port=0, poll_seconds=0.2, agent_image="outpost:dev",
+            status_stale_seconds=3)  # the outage shows in the status within seconds
+        kubeconfig = tb.management_kubeconfig
+        mgmt = await ApiKubeClient.from_kubeconfig(kubeconfig)
         workload = await ApiKubeClient.from_kubeconfig(tb.workload_kubeconfig)
+        await mgmt.apply(r.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
+                                       "metadata": {"name": NS}}, field_manager="outpost-demo")
         gateway = Gateway(settings, mgmt)
         gateway.bootstrap.agent.extra_env.update(AGENT_ENV)
         stop = asyncio.Event()
         gw_task = asyncio.create_task(gateway.run(stop))
         await _poll(lambda: _true(gateway.ready))
-        base = f"http://127.0.0.1:{gateway.http_port}"
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        demo.say(f"gateway API at {base} (token {TOKEN})")
-        async with aiohttp.ClientSession(headers=headers) as http:
+        demo.say(f"gateway running; management cluster: export KUBECONFIG={kubeconfig}")
 
-            async def get_cluster() -> dict[str, Any]:
-                async with http.get(f"{base}/v1/clusters/{CLUSTER}") as resp:
-                    return dict(await resp.json()) if resp.status == 200 else {}
+        async def get_cluster() -> dict[str, Any]:
+            obj = await _get(mgmt, OUTPOST_CLUSTER, CLUSTER)
+            return dict((obj or {}).get("status") or {})
 
-            async def fleet() -> dict[str, Any]:
-                async with http.get(f"{base}/v1/clusters") as resp:
-                    body = await resp.json()
-                items = body.get("items", body) if isinstance(body, dict) else body
-                return next((c for c in items if c.get("name") == CLUSTER), {})
+        def phase_reached(phase: str) -> Callable[[], Awaitable[str]]:
+            async def wait() -> str:
+                rec = await _poll(lambda: _phase(get_cluster, phase))
+                step = next((s for s in rec.get("steps", []) if s.get("phase") == phase), {})
+                return str(step.get("detail") or f"phase {phase}")
+            return wait
 
-            def phase_reached(phase: str) -> Callable[[], Awaitable[str]]:
-                async def wait() -> str:
-                    rec = await _poll(lambda: _phase(get_cluster, phase))
-                    step = next((s for s in rec.get("steps", []) if s.get("phase") == phase), {})
-                    return str(step.get("detail") or f"phase {phase}")
-                return wait
+        async def submit() -> str:
+            manifest = state / f"{CLUSTER}.yaml"
+            manifest.write_text(cluster_yaml(3, 2))
+            await outpostctl(kubeconfig, "create", "cluster", "-f", str(manifest),
+                             say=demo.say)
+            return f"OutpostCluster {NS}/{CLUSTER} created from {manifest.name}"
 
-            async def submit() -> str:
-                async with http.post(f"{base}/v1/clusters", json=request(3, 2)) as resp:
-                    body = await resp.json()
-                    if resp.status != 202:
-                        raise RuntimeError(f"{resp.status}: {body}")
-                return f"202 Accepted, operation {body.get('href', '')}"
+        ok = await demo.step("1. request a cluster (3 control-plane, 2 workers)", submit)
+        for title, phase in [
+            ("2. CAPI objects created in the management cluster", "CapiCreated"),
+            ("3. first control-plane node up (kubeconfig Secret)", "FirstControlPlaneReady"),
+            ("4a. CAPI controllers + agent installed in the workload", "AgentInstalled"),
+            ("4b. CAPI objects pivoted into the workload cluster", "Pivoted"),
+            ("5. signed spec published; cluster Managed", "Managed"),
+        ]:
+            ok = ok and await demo.step(title, phase_reached(phase))
 
-            ok = await demo.step("1. request a cluster (3 control-plane, 2 workers)", submit)
-            for title, phase in [
-                ("2. CAPI objects created in the management cluster", "CapiCreated"),
-                ("3. first control-plane node up (kubeconfig Secret)", "FirstControlPlaneReady"),
-                ("4a. CAPI controllers + agent installed in the workload", "AgentInstalled"),
-                ("4b. CAPI objects pivoted into the workload cluster", "Pivoted"),
-                ("5. signed spec published; cluster Managed", "Managed"),
-            ]:
-                ok = ok and await demo.step(title, phase_reached(phase))
+        async def full_spec() -> str:
+            async def ready() -> str:
+                kcp = await _get(workload, r.KUBEADM_CONTROL_PLANE, f"{CLUSTER}-control-plane")
+                md = await _get(workload, r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a")
+                k = (kcp or {}).get("status", {}).get("readyReplicas", 0)
+                w = (md or {}).get("status", {}).get("readyReplicas", 0)
+                return f"control plane {k}/3 ready, workers {w}/2 ready" if (
+                    k == 3 and w == 2) else ""
+            return str(await _poll(ready))
 
-            async def full_spec() -> str:
-                async def ready() -> str:
-                    kcp = await _get(workload, r.KUBEADM_CONTROL_PLANE, f"{CLUSTER}-control-plane")
-                    md = await _get(workload, r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a")
-                    k = (kcp or {}).get("status", {}).get("readyReplicas", 0)
-                    w = (md or {}).get("status", {}).get("readyReplicas", 0)
-                    return f"control plane {k}/3 ready, workers {w}/2 ready" if (
-                        k == 3 and w == 2) else ""
-                return str(await _poll(ready))
+        ok = ok and await demo.step("6. the agent scales the cluster to the full spec",
+                                    full_spec)
 
-            ok = ok and await demo.step("6. the agent scales the cluster to the full spec",
-                                        full_spec)
+        async def day2() -> str:
+            await outpostctl(kubeconfig, "scale", CLUSTER, "-n", NS, "--workers", "line-a=4",
+                             say=demo.say)
 
-            async def day2() -> str:
-                async with http.put(f"{base}/v1/clusters/{CLUSTER}/spec",
-                                    json={k: v for k, v in request(3, 4).items()
-                                          if k != "name"}) as resp:
-                    if resp.status != 202:
-                        raise RuntimeError(f"{resp.status}: {await resp.text()}")
+            async def scaled() -> str:
+                md = await _get(workload, r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a")
+                ready = (md or {}).get("status", {}).get("readyReplicas", 0)
+                return f"workers {ready}/4 ready (revision 2)" if ready == 4 else ""
+            return str(await _poll(scaled))
 
-                async def scaled() -> str:
-                    md = await _get(workload, r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a")
-                    ready = (md or {}).get("status", {}).get("readyReplicas", 0)
-                    return f"workers {ready}/4 ready (revision 2)" if ready == 4 else ""
-                return str(await _poll(scaled))
+        ok = ok and await demo.step("day 2: scale workers 2 -> 4 with outpostctl", day2)
 
-            ok = ok and await demo.step("day 2: scale workers 2 -> 4 through the API", day2)
+        async def disconnected() -> str:
+            await tb.nats.stop()
+            demo.say("  NATS stopped: the site is cut off from the management plane")
+            await workload.patch(r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a",
+                                 {"spec": {"replicas": 1}}, NS, field_manager="kubectl")
+            demo.say("  someone scaled the workers to 1 by hand on site")
 
-            async def disconnected() -> str:
-                await tb.nats.stop()
-                demo.say("  NATS stopped: the site is cut off from the management plane")
-                await workload.patch(r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a",
-                                     {"spec": {"replicas": 1}}, NS, field_manager="kubectl")
-                demo.say("  someone scaled the workers to 1 by hand on site")
+            async def repaired() -> str:
+                md = await _get(workload, r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a")
+                spec_replicas = (md or {}).get("spec", {}).get("replicas")
+                ready = (md or {}).get("status", {}).get("readyReplicas", 0)
+                return "agent restored 4 workers from its cache" if (
+                    spec_replicas == 4 and ready == 4) else ""
 
-                async def repaired() -> str:
-                    md = await _get(workload, r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a")
-                    spec_replicas = (md or {}).get("spec", {}).get("replicas")
-                    ready = (md or {}).get("status", {}).get("readyReplicas", 0)
-                    return "agent restored 4 workers from its cache" if (
-                        spec_replicas == 4 and ready == 4) else ""
-                return str(await _poll(repaired))
+            async def shown_disconnected() -> str:
+                c = await get_cluster()
+                return "the OutpostCluster shows connected=false" if c.get(
+                    "connected") is False else ""
+            return f"{await _poll(repaired)}; {await _poll(shown_disconnected)}"
 
-            ok = ok and await demo.step("link down: drift corrected from the agent's cache",
-                                        disconnected)
+        ok = ok and await demo.step("link down: drift corrected from the agent's cache",
+                                    disconnected)
 
-            async def reconnected() -> str:
-                cut = time.time()
-                await tb.nats.start()
+        async def reconnected() -> str:
+            cut = int(time.time())  # status times have whole seconds
+            await tb.nats.start()
 
-                async def caught_up() -> str:
-                    c = await fleet()
-                    seen = _ts(c.get("lastSeen"))
-                    return (f"fleet view: applied revision {c.get('appliedRevision')}, "
-                            f"connected={c.get('connected')}") if (
-                        c.get("connected") and seen is not None and seen > cut) else ""
-                return str(await _poll(caught_up))
+            async def caught_up() -> str:
+                c = await get_cluster()
+                seen = _ts(c.get("lastSeen"))
+                return (f"OutpostCluster status: applied revision {c.get('appliedRevision')}, "
+                        f"connected={c.get('connected')}") if (
+                    c.get("connected") and seen is not None and seen >= cut) else ""
+            return str(await _poll(caught_up))
 
-            ok = ok and await demo.step("link back: the fleet view catches up", reconnected)
-            final = await fleet()
+        ok = ok and await demo.step("link back: the cluster's status catches up", reconnected)
+        final = ""
+        with contextlib.suppress(Exception):
+            final = await outpostctl(kubeconfig, "get", "clusters", "-A", say=lambda _: None)
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(gw_task, 10)
@@ -231,7 +256,7 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
         await workload.close()
     print("\n" + demo.summary(), file=out)
     if final:
-        print(f"\nfleet view of {CLUSTER}: {final}", file=out)
+        print(f"\n$ outpostctl get clusters -A\n{final}", file=out)
     failed = [s for s in demo.steps if not s.ok]
     print(f"\n{'all steps passed' if not failed else f'{len(failed)} step(s) failed'} in "
           f"{time.monotonic() - demo.t0:.0f}s", file=out)
