@@ -139,6 +139,7 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
     demo.say(f"starting the testbed: management + workload API ({api}), simulated CAPI, NATS")
     async with Testbed(state, sim=SimConfig(step_delay=step_delay, resync=0.5), api=api) as tb:
         assert tb.nats is not None
+        nats = tb.nats
         settings = GatewaySettings(
             kubeconfig=tb.management_kubeconfig, nats_servers=[tb.nats.url],
             signing_key_file=state / "gateway" / "signing-key.pem",
@@ -164,7 +165,8 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
         def phase_reached(phase: str) -> Callable[[], Awaitable[str]]:
             async def wait() -> str:
                 rec = await _poll(lambda: _phase(get_cluster, phase))
-                step = next((s for s in rec.get("steps", []) if s.get("phase") == phase), {})
+                step: dict[str, Any] = next(
+                    (s for s in rec.get("steps", []) if s.get("phase") == phase), {})
                 return str(step.get("detail") or f"phase {phase}")
             return wait
 
@@ -211,7 +213,7 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
         ok = ok and await demo.step("day 2: scale workers 2 -> 4 with outpostctl", day2)
 
         async def disconnected() -> str:
-            await tb.nats.stop()
+            await nats.stop()
             demo.say("  NATS stopped: the site is cut off from the management plane")
             await workload.patch(r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a",
                                  {"spec": {"replicas": 1}}, NS, field_manager="kubectl")
@@ -235,7 +237,7 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
 
         async def reconnected() -> str:
             cut = int(time.time())  # status times have whole seconds
-            await tb.nats.start()
+            await nats.start()
 
             async def caught_up() -> str:
                 c = await get_cluster()
@@ -274,7 +276,7 @@ async def _phase(get: Callable[[], Awaitable[dict[str, Any]]], phase: str) -> di
     if rec.get("phase") == "Failed":
         raise RuntimeError(f"cluster failed: {rec.get('failedReason')}")
     current = rec.get("phase")
-    if current in PHASES and PHASES.index(current) >= PHASES.index(phase):  # type: ignore[arg-type]
+    if current in PHASES and PHASES.index(current) >= PHASES.index(phase):
         return rec
     return {}
 
