@@ -23,7 +23,7 @@ from agent.spec import ClusterSpec, capi, public_key_text
 from mgmt_gateway.render import bundle as bundle_mod
 from mgmt_gateway.render.bundle import agent_bundle, agent_manifests, load_components
 from mgmt_gateway.render.capi import KUBE_VIP_MANIFEST, render_cluster
-from mgmt_gateway.render.request import ClusterRequest, ClusterSpecUpdate
+from mgmt_gateway.clusters import ClusterRequest
 from testbed.apiserver.schema import apply_defaults, prune, validate
 from testbed.crds import components_files, crd_files, load_documents
 from tests.fixtures.tools import kubectl_binary
@@ -59,7 +59,11 @@ def request_body(provider: str = "vsphere", **over: Any) -> Obj:
 
 
 def make_spec(provider: str = "vsphere", **over: Any) -> ClusterSpec:
-    return ClusterRequest.model_validate(request_body(provider, **over)).to_spec(1)
+    return to_spec(ClusterRequest.model_validate(request_body(provider, **over)), 1)
+
+
+def to_spec(req: ClusterRequest, revision: int) -> ClusterSpec:
+    return req.to_spec(req.name, req.namespace, revision, None)
 
 
 SPECS = {
@@ -292,20 +296,17 @@ def test_a_single_node_cluster_after_the_pivot_plans_only_taking_ownership() -> 
 def test_request_fields_are_the_spec_fields() -> None:
     spec_fields = set(ClusterSpec.model_fields) - {"cluster_name", "revision"}
     assert set(ClusterRequest.model_fields) == spec_fields | {"name"}
-    assert set(ClusterSpecUpdate.model_fields) == spec_fields
     for name in spec_fields:
         assert ClusterRequest.model_fields[name].alias == ClusterSpec.model_fields[name].alias
 
 
 def test_request_becomes_the_spec() -> None:
     req = ClusterRequest.model_validate(request_body())
-    spec = req.to_spec(4)
+    spec = to_spec(req, 4)
     assert spec.cluster_name == "site-7" and spec.revision == 4
     round_trip = spec.model_dump(mode="json", by_alias=True, exclude={"cluster_name",
                                                                       "revision"})
-    assert ClusterRequest.model_validate({**round_trip, "name": "site-7"}).to_spec(4) == spec
-    update = ClusterSpecUpdate.model_validate(round_trip)
-    assert update.to_spec("site-7", 4) == spec
+    assert to_spec(ClusterRequest.model_validate({**round_trip, "name": "site-7"}), 4) == spec
 
 
 def test_a_request_is_frozen_and_camel_case() -> None:
@@ -315,16 +316,11 @@ def test_a_request_is_frozen_and_camel_case() -> None:
     assert "kubernetesVersion" in req.model_dump(by_alias=True)
 
 
-def test_an_update_that_leaves_out_the_namespace_says_so() -> None:
-    body = {k: v for k, v in request_body().items() if k not in ("name", "namespace")}
-    update = ClusterSpecUpdate.model_validate(body)
-    assert "namespace" not in update.model_fields_set
-
-
-def errors_of(model: type[ClusterRequest] | type[ClusterSpecUpdate], body: Obj
-              ) -> list[tuple[tuple[str | int, ...], str, str]]:
+def errors_of(body: Obj) -> list[tuple[tuple[str | int, ...], str, str]]:
+    """The errors of a request: its own fields first, then the rules across fields that
+    the spec contract adds."""
     with pytest.raises(ValidationError) as info:
-        model.model_validate(body)
+        to_spec(ClusterRequest.model_validate(body), 1)
     return [(tuple(e["loc"]), e["type"], e["msg"]) for e in info.value.errors()]
 
 
@@ -343,39 +339,35 @@ def errors_of(model: type[ClusterRequest] | type[ClusterSpecUpdate], body: Obj
     ({"clusterName": "site-7"}, ("clusterName",), "extra_forbidden"),
 ])
 def test_bad_requests_name_the_field(over: Obj, loc: tuple[str | int, ...], kind: str) -> None:
-    errors = errors_of(ClusterRequest, request_body("dev", **over))
+    errors = errors_of(request_body("dev", **over))
     assert (loc, kind) in [(e[0], e[1]) for e in errors], errors
 
 
 def test_missing_fields_are_each_reported() -> None:
-    errors = errors_of(ClusterRequest, {"name": "site-7"})
+    errors = errors_of({"name": "site-7"})
     assert {(e[0], e[1]) for e in errors} == {
         (("kubernetesVersion",), "missing"), (("infrastructure",), "missing"),
         (("controlPlane",), "missing")}
-    machine = errors_of(ClusterRequest, request_body(
+    machine = errors_of(request_body(
         "vsphere", controlPlane={"replicas": 1, "machine": {"provider": "vsphere"}}))
     assert (("controlPlane", "machine", "vsphere", "template"), "missing") in \
         [(e[0], e[1]) for e in machine]
 
 
-@pytest.mark.parametrize("model", [ClusterRequest, ClusterSpecUpdate])
-def test_a_provider_mismatch_names_the_machine(
-        model: type[ClusterRequest] | type[ClusterSpecUpdate]) -> None:
+def test_a_provider_mismatch_names_the_machine() -> None:
     body = request_body("dev", workers=[{"name": "line", "replicas": 1,
                                          "machine": VSPHERE_MACHINE}])
-    if model is ClusterSpecUpdate:
-        body.pop("name")
-    [(loc, kind, msg)] = errors_of(model, body)
-    assert (loc, kind) == ((), "inconsistent_spec")
-    assert msg == ("workers[line].machine.provider is 'vsphere' but the infrastructure "
+    [(loc, _, msg)] = errors_of(body)
+    assert loc == ()
+    assert msg.endswith("workers[line].machine.provider is 'vsphere' but the infrastructure "
                    "provider is 'dev'")
 
 
 def test_spec_only_rules_surface_from_the_request() -> None:
-    [(_, _, msg)] = errors_of(ClusterRequest, request_body("dev", workers=[
+    [(_, _, msg)] = errors_of(request_body("dev", workers=[
         {"name": "a", "replicas": 1, "machine": {"provider": "dev"}, "version": "v1.36.0"}]))
     assert "newer than the control plane" in msg
-    [(_, _, msg)] = errors_of(ClusterRequest, request_body("dev", workers=[
+    [(_, _, msg)] = errors_of(request_body("dev", workers=[
         {"name": "a", "replicas": 1, "machine": {"provider": "dev"}}] * 2))
     assert "repeated: a" in msg
 
@@ -383,7 +375,7 @@ def test_spec_only_rules_surface_from_the_request() -> None:
 def test_to_spec_reports_a_bad_revision_at_its_path() -> None:
     req = ClusterRequest.model_validate(request_body())
     with pytest.raises(ValidationError) as info:
-        req.to_spec(0)
+        to_spec(req, 0)
     assert [e["loc"] for e in info.value.errors()] == [("revision",)]
 
 
