@@ -20,10 +20,10 @@ from pydantic import ValidationError
 from agent.plan import Apply, Delete, Observed, plan_topology
 from agent.settings import Settings
 from agent.spec import ClusterSpec, capi, public_key_text
+from mgmt_gateway.clusters import ClusterRequest
 from mgmt_gateway.render import bundle as bundle_mod
 from mgmt_gateway.render.bundle import agent_bundle, agent_manifests, load_components
 from mgmt_gateway.render.capi import KUBE_VIP_MANIFEST, render_cluster
-from mgmt_gateway.clusters import ClusterRequest
 from testbed.apiserver.schema import apply_defaults, prune, validate
 from testbed.crds import components_files, crd_files, load_documents
 from tests.fixtures.tools import kubectl_binary
