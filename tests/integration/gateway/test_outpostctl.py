@@ -232,3 +232,10 @@ async def test_day2_edits(mgmt: tuple[ApiKubeClient, Ctl]) -> None:
     rc, out, err = await ctl("set", "profile", "edge-a", "base", "1.0.0", "-n", NS)
     assert rc == 0 and "profile none → base 1.0.0" in out, err
     assert (await spec())["profile"] == {"name": "base", "version": "1.0.0"}
+
+
+async def test_without_the_crds_it_says_what_to_apply(api: KubeApi, tmp_path: Path) -> None:
+    ctl = Ctl(api.write_kubeconfig(tmp_path / "kubeconfig", "test"), tmp_path)
+    rc, _, err = await ctl("get", "clusters", "-A")
+    assert rc == 1
+    assert "does not serve OutpostClusters" in err and "manifests/gateway/crds" in err
