@@ -8,6 +8,7 @@ to do instead; the new spec is checked against the same contract the gateway app
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -26,16 +27,40 @@ class EditRefused(ValueError):
 
 
 def _checked(spec: Spec) -> Spec:
+    """`spec`, if the gateway would accept it (its cross-field rules included)."""
     try:
-        OutpostClusterSpec.model_validate(spec)
+        # The name and namespace only matter to the contract's own fields, not to the spec's.
+        OutpostClusterSpec.model_validate(spec).to_spec("check", "default", 1, None)
     except ValidationError as e:
         raise EditRefused(f"the result would be invalid: {explain(e)}") from None
     return spec
 
 
+_VERSION = re.compile(r"^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+
+
+def is_version(v: str) -> bool:
+    """A plain Kubernetes release as the spec takes it: v1.36.1."""
+    return _VERSION.match(v) is not None
+
+
 def _version(v: str) -> tuple[int, int, int]:
-    major, minor, patch = v.lstrip("v").split(".")
-    return int(major), int(minor), int(patch)
+    found = _VERSION.match(v)
+    if found is None:
+        raise ValueError(v)
+    return int(found[1]), int(found[2]), int(found[3])
+
+
+def converged(obj: Mapping[str, Any]) -> str | None:
+    """Why the cluster has not converged to its current spec yet, or None once it has."""
+    st = obj.get("status") or {}
+    generation = (obj.get("metadata") or {}).get("generation")
+    if st.get("observedGeneration") != generation:
+        return "the gateway has not taken in the last change yet"
+    desired, applied = st.get("desiredRevision"), st.get("appliedRevision")
+    if not desired or applied != desired:
+        return f"the agent has applied revision {applied or 'none'} of {desired or '?'}"
+    return None
 
 
 def scale(spec: Mapping[str, Any], control_plane: int | None,
@@ -63,11 +88,13 @@ def scale(spec: Mapping[str, Any], control_plane: int | None,
     return _checked(new), changes
 
 
-def upgrade(spec: Mapping[str, Any], version: str, *,
+def upgrade(obj: Mapping[str, Any], version: str, *,
             pinned_workers: bool) -> tuple[Spec, list[str]]:
-    """Move the control plane (and the pools that follow it) to `version`, one minor at a time;
-    with `pinned_workers`, pools pinned to an older version move too."""
-    new = copy.deepcopy(dict(spec))
+    """Move the control plane (and the pools that follow it) of OutpostCluster `obj` to
+    `version`: one minor at a time, and a new minor only once the cluster has converged to the
+    last one (the spec must never run two minors ahead of what the machines run). With
+    `pinned_workers`, pools pinned to another version move too."""
+    new = copy.deepcopy(dict(obj.get("spec") or {}))
     current = str(new.get("kubernetesVersion", ""))
     try:
         have, want = _version(current), _version(version)
@@ -80,6 +107,11 @@ def upgrade(spec: Mapping[str, Any], version: str, *,
         nxt = f"v{have[0]}.{have[1] + 1}"
         raise EditRefused(f"{current} → {version} skips a minor version: kubeadm upgrades one "
                           f"minor at a time, so upgrade to the newest {nxt}.x first")
+    if want[:2] != have[:2]:
+        pending = converged(obj)
+        if pending is not None:
+            raise EditRefused(f"{pending}: wait until it is Ready at {current} (outpostctl "
+                              "describe cluster), then upgrade to the next minor")
     changes: list[str] = []
     if want != have:
         new["kubernetesVersion"] = version
@@ -89,7 +121,13 @@ def upgrade(spec: Mapping[str, Any], version: str, *,
         if pinned_workers and pinned and pinned != version:
             changes.append(f"workers {pool['name']} {pinned} → {version}")
             pool["version"] = version
-    return _checked(new), changes
+    try:
+        return _checked(new), changes
+    except EditRefused as e:
+        if pinned_workers:
+            raise
+        raise EditRefused(f"{e}; pass --pinned-workers to move the pinned worker pools "
+                          "too") from None
 
 
 def rotate_certs(spec: Mapping[str, Any], at: datetime) -> tuple[Spec, list[str]]:

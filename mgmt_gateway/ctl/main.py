@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import sys
 import time
@@ -65,7 +66,7 @@ err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 @dataclass
 class Target:
-    kubeconfig: Path
+    kubeconfig: str  # one path, or several joined by os.pathsep (merged, as kubectl does)
     context: str | None
 
 
@@ -82,26 +83,39 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _kubeconfig_path(value: str | None) -> Path:
-    """`--kubeconfig`, else the first existing file of $KUBECONFIG, else ~/.kube/config."""
+def _kubeconfig(value: str | None) -> str:
+    """`--kubeconfig`, else $KUBECONFIG (all its files, merged), else ~/.kube/config: once one
+    is given, nothing else is used, so a typo never reaches another cluster."""
     if value:
-        return Path(value).expanduser()
-    for part in (os.environ.get("KUBECONFIG") or "").split(os.pathsep):
-        if part and Path(part).expanduser().exists():
-            return Path(part).expanduser()
-    return Path("~/.kube/config").expanduser()
+        return str(Path(value).expanduser())
+    env = os.environ.get("KUBECONFIG") or ""
+    parts = [str(Path(p).expanduser()) for p in env.split(os.pathsep) if p]
+    if parts:
+        return os.pathsep.join(parts)
+    return str(Path("~/.kube/config").expanduser())
+
+
+def _files(target: Target) -> list[Path]:
+    return [Path(p) for p in target.kubeconfig.split(os.pathsep) if Path(p).exists()]
 
 
 def _context_namespace(target: Target) -> str:
-    """The namespace of the kubeconfig's context, as kubectl defaults to it."""
-    try:
-        cfg = yaml.safe_load(target.kubeconfig.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return "default"
-    name = target.context or cfg.get("current-context")
-    for c in cfg.get("contexts") or ():
-        if c.get("name") == name:
-            return str((c.get("context") or {}).get("namespace") or "default")
+    """The namespace of the kubeconfig's context, as kubectl defaults to it (the first file
+    naming the current context, or defining the context, wins, as in kubectl's merge)."""
+    docs = []
+    for f in _files(target):
+        try:
+            loaded = yaml.safe_load(f.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(loaded, dict):
+            docs.append(loaded)
+    name = target.context or next((d["current-context"] for d in docs
+                                   if d.get("current-context")), None)
+    for d in docs:
+        for c in d.get("contexts") or ():
+            if isinstance(c, dict) and c.get("name") == name:
+                return str((c.get("context") or {}).get("namespace") or "default")
     return "default"
 
 
@@ -113,7 +127,7 @@ def _main(ctx: typer.Context,
           context: Annotated[str | None, typer.Option(
               help="kubeconfig context to use [default: the current one]",
               show_default=False)] = None) -> None:
-    ctx.obj = Target(_kubeconfig_path(kubeconfig), context)
+    ctx.obj = Target(_kubeconfig(kubeconfig), context)
 
 
 def _run(ctx: typer.Context, work: Callable[[ApiKubeClient], Coroutine[Any, Any, T]]) -> T:
@@ -121,9 +135,11 @@ def _run(ctx: typer.Context, work: Callable[[ApiKubeClient], Coroutine[Any, Any,
     target: Target = ctx.obj
 
     async def go() -> T:
-        if not target.kubeconfig.exists():
-            raise Usage(f"no kubeconfig at {target.kubeconfig}: pass --kubeconfig or set "
-                        "KUBECONFIG to the management cluster's")
+        if not _files(target):
+            where = ("KUBECONFIG names no file that exists" if os.environ.get("KUBECONFIG")
+                     else f"no kubeconfig at {target.kubeconfig}")
+            raise Usage(f"{where}: pass --kubeconfig or set KUBECONFIG to the management "
+                        "cluster's")
         kube = await ApiKubeClient.from_kubeconfig(target.kubeconfig, target.context,
                                                    user_agent=MANAGER, request_timeout=15)
         try:
@@ -139,8 +155,7 @@ def _run(ctx: typer.Context, work: Callable[[ApiKubeClient], Coroutine[Any, Any,
         _fail(str(e), 1)
     except NotFound as e:
         if "outpostclusters" in str(e) and "/outpostclusters/" not in str(e):
-            _fail("the management cluster does not serve OutpostClusters: apply the CRDs "
-                  "(kubectl apply -f manifests/gateway/crds)", 1)
+            _fail(NO_CRDS, 1)
         _fail(str(e), 1)
     except Transient as e:
         _fail(f"cannot reach the management cluster: {e} (check --kubeconfig/--context)", 1)
@@ -154,10 +169,27 @@ def _namespace(ctx: typer.Context, namespace: str | None) -> str:
     return namespace or _context_namespace(ctx.obj)
 
 
+NO_CRDS = ("the management cluster does not serve OutpostClusters: apply the CRDs "
+           "(kubectl apply -f manifests/gateway/crds)")
+
+
+async def _served(kube: ApiKubeClient) -> bool:
+    """Whether the management cluster serves OutpostClusters (its CRD is installed)."""
+    try:
+        await kube.get(r.CRD, f"{OUTPOST_CLUSTER.plural}.{OUTPOST_CLUSTER.group}")
+    except NotFound:
+        return False
+    except KubeError:  # may not read CRDs: assume served, the request will tell
+        return True
+    return True
+
+
 async def _cluster(kube: ApiKubeClient, name: str, namespace: str) -> Obj:
     try:
         return await kube.get(OUTPOST_CLUSTER, name, namespace)
     except NotFound:
+        if not await _served(kube):
+            raise Failed(NO_CRDS) from None
         raise Failed(f"no OutpostCluster {name!r} in namespace {namespace} (outpostctl get "
                      "clusters -A lists them all)") from None
 
@@ -174,20 +206,35 @@ def _now() -> datetime:
 
 
 # -- create --------------------------------------------------------------------------------
-def _load_clusters(file: str, namespace: str) -> list[Obj]:
-    """The OutpostClusters of a YAML or JSON file (several documents allowed), checked."""
+def _check_spec(name: str, namespace: str, spec: Any) -> None:
+    """The same contract the gateway applies, cross-field rules included; raises
+    ValidationError."""
+    OutpostClusterSpec.model_validate(spec).to_spec(name, namespace, 1, None)
+
+
+def _load_clusters(file: str, namespace: str | None, default_namespace: str) -> list[Obj]:
+    """The OutpostClusters of a YAML or JSON file (several documents, or a List as
+    `get -o yaml` prints it), checked before anything is sent."""
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except OSError as e:
         raise Usage(f"cannot read {file}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise Usage(f"{file} is not text (YAML or JSON)") from None
     except yaml.YAMLError as e:
         raise Usage(f"{file} is not valid YAML: {e}") from None
-    if not docs:
+    items: list[Any] = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") in ("List", "OutpostClusterList"):
+            items.extend(doc.get("items") or ())
+        else:
+            items.append(doc)
+    if not items:
         raise Usage(f"{file} holds no resource")
     found: list[Obj] = []
-    for i, doc in enumerate(docs, 1):
-        where = f"{file} document {i}"
+    for i, doc in enumerate(items, 1):
+        where = f"{file} item {i}"
         if not isinstance(doc, dict) or doc.get("kind") != "OutpostCluster":
             kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
             raise Usage(f"{where} is a {kind}, not an OutpostCluster (apply other resources "
@@ -195,15 +242,22 @@ def _load_clusters(file: str, namespace: str) -> list[Obj]:
         if doc.get("apiVersion") != API_VERSION:
             raise Usage(f"{where}: apiVersion must be {API_VERSION}, not "
                         f"{doc.get('apiVersion')}")
-        meta = doc.get("metadata") or {}
-        if not meta.get("name"):
+        meta = doc.get("metadata")
+        if not isinstance(meta, dict) or not meta.get("name"):
             raise Usage(f"{where}: metadata.name is missing")
+        ns = str(meta.get("namespace") or namespace or default_namespace)
+        if namespace and meta.get("namespace") and meta["namespace"] != namespace:
+            raise Usage(f"{where} ({meta['name']}) is in namespace {meta['namespace']}, not "
+                        f"{namespace} (-n): drop one of them")
         try:
-            OutpostClusterSpec.model_validate(doc.get("spec") or {})
+            _check_spec(str(meta["name"]), ns, doc.get("spec") or {})
         except ValidationError as e:
             raise Usage(f"{where} ({meta['name']}): {explain(e)}") from None
-        ns = meta.get("namespace") or namespace
-        found.append({**doc, "metadata": {**meta, "namespace": ns}})
+        clean = {k: v for k, v in meta.items() if k not in (
+            "uid", "resourceVersion", "creationTimestamp", "generation", "managedFields",
+            "deletionTimestamp", "finalizers")}
+        found.append({"apiVersion": API_VERSION, "kind": "OutpostCluster",
+                      "metadata": {**clean, "namespace": ns}, "spec": doc.get("spec") or {}})
     return found
 
 
@@ -213,17 +267,22 @@ def _finished(obj: Obj) -> tuple[bool, str | None]:
     if st.get("phase") == "Failed":
         return True, str(st.get("failedReason") or "failed")
     conditions = st.get("conditions") or ()
+    accepted: dict[str, Any] = next(
+        (c for c in conditions if c.get("type") == "SpecAccepted"), {})
+    generation = (obj.get("metadata") or {}).get("generation")
+    if accepted.get("status") == "False" and accepted.get("observedGeneration") == generation:
+        return True, f"{accepted.get('reason')}: {accepted.get('message')}"
     ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
     return st.get("phase") == "Managed" and ready.get("status") == "True", None
 
 
-async def _wait(kube: ApiKubeClient, obj: Obj, timeout: float,
+async def _wait(kube: ApiKubeClient, obj: Obj, deadline: float, timeout: float,
                 say: Callable[[str], None]) -> Obj:
     """Follow one OutpostCluster (a watch, re-opened as needed) until it is Ready or Failed,
-    printing its progress; raises Failed on failure or after `timeout` seconds."""
+    printing its progress; raises Failed on failure or at `deadline` (monotonic)."""
     name, ns = obj["metadata"]["name"], obj["metadata"]["namespace"]
-    deadline = time.monotonic() + timeout
     last: Obj | None = None
+    pause = 0.5
 
     def seen(new: Obj) -> bool:
         nonlocal last
@@ -242,22 +301,27 @@ async def _wait(kube: ApiKubeClient, obj: Obj, timeout: float,
             phase = ((last or {}).get("status") or {}).get("phase") or "Pending"
             raise Failed(f"{name} was not ready after {timeout:.0f}s (phase {phase}); it goes "
                          f"on in the background: outpostctl describe cluster {name} -n {ns}")
-        current = await _cluster(kube, name, ns)
-        if seen(current):
-            return current
         try:
             async with asyncio.timeout(remaining):
+                current = await _cluster(kube, name, ns)
+                if seen(current):
+                    return current
                 stream = kube.watch(OUTPOST_CLUSTER, ns, timeout_seconds=int(min(remaining, 60))
                                     + 1, resource_version=current["metadata"]["resourceVersion"])
-                async for ev in stream:
-                    if ev.object.get("metadata", {}).get("name") != name:
-                        continue
-                    if ev.type == "DELETED":
-                        raise Failed(f"{name} was deleted while waiting")
-                    if ev.type != "BOOKMARK" and seen(ev.object):
-                        return ev.object
-        except (TimeoutError, Gone, Transient):
+                async with contextlib.aclosing(stream):
+                    async for ev in stream:
+                        pause = 0.5
+                        if ev.object.get("metadata", {}).get("name") != name:
+                            continue
+                        if ev.type == "DELETED":
+                            raise Failed(f"{name} was deleted while waiting")
+                        if ev.type != "BOOKMARK" and seen(ev.object):
+                            return ev.object
+        except TimeoutError:
             continue
+        except (Gone, Transient):  # the API restarting or the link flapping: read again
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 10.0)
 
 
 @create_app.command("cluster")
@@ -269,14 +333,14 @@ def create_cluster(
         namespace: NamespaceOpt = None,
         wait: Annotated[bool, typer.Option(
             help="follow the bootstrap steps until the cluster is Ready")] = False,
-        timeout: Annotated[float, typer.Option(
-            help="seconds --wait waits before giving up (the cluster goes on)")] = 1800.0,
+        timeout: Annotated[int, typer.Option(
+            help="seconds --wait waits for all of them before giving up (the clusters go "
+                 "on)", min=1)] = 1800,
 ) -> None:
     """Create OutpostClusters from a file: the gateway then bootstraps each one (Cluster API
     objects, first control-plane node, agent, pivot, signed spec)."""
-    ns = _namespace(ctx, namespace)
     try:
-        objs = _load_clusters(file, ns)
+        objs = _load_clusters(file, namespace, _namespace(ctx, None))
     except Usage as e:
         _fail(str(e), 2)
 
@@ -291,13 +355,16 @@ def create_cluster(
                              f"{meta['namespace']}: change it with outpostctl scale/upgrade or "
                              "kubectl apply") from None
             except NotFound:
+                if not await _served(kube):
+                    raise Failed(NO_CRDS) from None
                 raise Failed(f"namespace {meta['namespace']} does not exist: kubectl create "
                              f"namespace {meta['namespace']}") from None
             out.print(f"outpostcluster.outpost.io/{meta['name']} created", markup=False)
         if wait:
+            start = time.monotonic()
+            deadline = start + timeout
             for obj in made:
-                start = time.monotonic()
-                await _wait(kube, obj, timeout,
+                await _wait(kube, obj, deadline, timeout,
                             lambda line: out.print(line, markup=False))
                 out.print(f"{obj['metadata']['name']} is Ready "
                           f"({time.monotonic() - start:.0f}s)", markup=False)
@@ -318,24 +385,22 @@ def get_clusters(
 ) -> None:
     """List OutpostClusters: phase, revisions (desired, published, applied), connected, Ready,
     age."""
+    if name is not None and all_namespaces:
+        raise typer.BadParameter("a cluster is named within one namespace: use -n NAMESPACE, "
+                                 "not -A", param_hint="--all-namespaces")
     ns = None if all_namespaces else _namespace(ctx, namespace)
 
     async def work(kube: ApiKubeClient) -> list[Obj]:
         if name is not None:
-            if ns is None:
-                found = [o for o in (await kube.list(OUTPOST_CLUSTER)).items
-                         if o["metadata"]["name"] == name]
-                if not found:
-                    raise Failed(f"no OutpostCluster named {name!r} in any namespace")
-                return found
-            return [await _cluster(kube, name, ns)]
+            return [await _cluster(kube, name, ns or "default")]
         items = (await kube.list(OUTPOST_CLUSTER, ns)).items
         return sorted(items, key=lambda o: (o["metadata"].get("namespace", ""),
                                             o["metadata"]["name"]))
 
     objs = _run(ctx, work)
     if output in ("json", "yaml"):
-        value = objs[0] if name is not None and len(objs) == 1 else views.as_list(objs)
+        shown = [views.without_managed_fields(o) for o in objs]
+        value = shown[0] if name is not None else views.as_list(shown)
         sys.stdout.write(views.dump(value, output))
         return
     if not objs:
@@ -366,7 +431,7 @@ def describe_cluster(
 
     obj, events = _run(ctx, work)
     if output in ("json", "yaml"):
-        sys.stdout.write(views.dump(obj, output))
+        sys.stdout.write(views.dump(views.without_managed_fields(obj), output))
         return
     out.print(views.describe(obj, events, _now()))
 
@@ -407,7 +472,7 @@ def _pools(values: list[str]) -> dict[str, int]:
     pools: dict[str, int] = {}
     for v in values:
         pool, sep, count = v.partition("=")
-        if not sep or not pool or not count.isdigit():
+        if not sep or not pool or not (count.isascii() and count.isdecimal()):
             raise typer.BadParameter(f"{v!r}: use POOL=REPLICAS, e.g. line-a=4",
                                      param_hint="--workers")
         pools[pool] = int(count)
@@ -421,11 +486,15 @@ def scale(
         control_plane: Annotated[int | None, typer.Option(
             help="control-plane replicas: 1, 3 or 5", show_default=False)] = None,
         workers: Annotated[list[str] | None, typer.Option(
-            help="POOL=REPLICAS, once per pool to change", show_default=False)] = None,
+            help="POOL=REPLICAS, once per pool to change", metavar="POOL=REPLICAS",
+            show_default=False)] = None,
         namespace: NamespaceOpt = None,
 ) -> None:
     """Scale the control plane and/or worker pools of a cluster."""
     pools = _pools(workers or [])
+    if control_plane is not None and control_plane not in (1, 3, 5):
+        raise typer.BadParameter("1, 3 or 5: stacked etcd needs an odd number of members",
+                                 param_hint="--control-plane")
     if control_plane is None and not pools:
         raise typer.BadParameter("say what to scale: --control-plane N and/or "
                                  "--workers POOL=N")
@@ -447,10 +516,14 @@ def upgrade(
         ] = False,
         namespace: NamespaceOpt = None,
 ) -> None:
-    """Upgrade a cluster's Kubernetes version (one minor at a time; the agent rolls the
-    control plane first, then the workers)."""
+    """Upgrade a cluster's Kubernetes version (one minor at a time, once the previous change
+    has converged; the agent rolls the control plane first, then the workers)."""
+    if not edits.is_version(version):
+        raise typer.BadParameter(f"{version!r} is not a Kubernetes version like v1.36.1",
+                                 param_hint="VERSION")
+
     async def edit(obj: Obj, kube: ApiKubeClient) -> tuple[dict[str, Any], list[str]]:
-        return edits.upgrade(obj.get("spec") or {}, version, pinned_workers=pinned_workers)
+        return edits.upgrade(obj, version, pinned_workers=pinned_workers)
 
     _edit(ctx, name, namespace, edit)
 
@@ -485,7 +558,7 @@ def set_profile(
     if values is not None:
         try:
             loaded = yaml.safe_load(values.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             _fail(f"cannot read values from {values}: {e}", 2)
         if not isinstance(loaded, dict):
             _fail(f"{values} must hold a mapping of values", 2)
@@ -512,6 +585,8 @@ def move_plan(
     """What the pivot of a cluster would move into it (clusterctl move semantics), and what
     it would skip or refuse. Reads only; changes nothing."""
     ns = _namespace(ctx, namespace)
+    if target_kubeconfig is not None and not target_kubeconfig.is_file():
+        raise typer.BadParameter(f"no file {target_kubeconfig}", param_hint="--target-kubeconfig")
 
     async def work(kube: ApiKubeClient) -> int:
         obj = await _cluster(kube, name, ns)
@@ -543,7 +618,10 @@ async def _workload_kubeconfig(kube: ApiKubeClient, name: str, ns: str) -> bytes
         except NotFound:
             continue
         if data.get("value"):
-            return base64.b64decode(data["value"])
+            try:
+                return base64.b64decode(data["value"], validate=True)
+            except ValueError:
+                raise Failed(f"Secret {ns}/{secret} holds no readable kubeconfig") from None
     raise Failed(f"{name} has no kubeconfig Secret yet (its first control-plane node is not "
                  "up): nothing could be moved before then")
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import yaml
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -28,15 +29,29 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def age(value: Any, now: datetime) -> str:
-    """kubectl's short age: 45s, 12m, 3h, 9d."""
+    """An age as kubectl prints it (its HumanDuration): 45s, 5m30s, 150m, 5h10m, 3d4h, 90d."""
     t = parse_time(value)
     if t is None:
         return "<unknown>"
     s = max(0, int((now - t).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size * (2 if unit != "m" else 1):
-            return f"{s // size}{unit}"
-    return f"{s}s"
+    m, h, d = s // 60, s // 3600, s // 86400
+    if s < 120:
+        return f"{s}s"
+    if m < 10:
+        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
+    if m < 180:
+        return f"{m}m"
+    if h < 8:
+        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
+    if h < 48:
+        return f"{h}h"
+    if h < 192:
+        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
+    if d < 365 * 2:
+        return f"{d}d"
+    if d < 365 * 8:
+        return f"{d // 365}y{d % 365}d" if d % 365 else f"{d // 365}y"
+    return f"{d // 365}y"
 
 
 def _condition(obj: Obj, type_: str) -> Mapping[str, Any]:
@@ -44,8 +59,13 @@ def _condition(obj: Obj, type_: str) -> Mapping[str, Any]:
     return next((c for c in conds if c.get("type") == type_), {})
 
 
-def _str(value: Any, missing: str = "-") -> str:
+def _plain(value: Any, missing: str = "-") -> str:
     return missing if value is None or value == "" else str(value)
+
+
+def _str(value: Any, missing: str = "-") -> str:
+    """A reported value, safe inside rich markup (reports may hold any text, brackets too)."""
+    return missing if value is None or value == "" else escape(str(value))
 
 
 def cluster_table(objs: Sequence[Obj], now: datetime, *, namespaces: bool,
@@ -61,22 +81,28 @@ def cluster_table(objs: Sequence[Obj], now: datetime, *, namespaces: bool,
         meta, spec, st = o["metadata"], o.get("spec") or {}, o.get("status") or {}
         ready = _condition(o, "Ready")
         row = ([meta.get("namespace", "")] if namespaces else []) + [
-            meta["name"], _str(st.get("phase"), "Pending"), _str(spec.get("kubernetesVersion")),
-            _str(st.get("desiredRevision")), _str(st.get("publishedRevision")),
-            _str(st.get("appliedRevision")),
-            "yes" if st.get("connected") else "no", _str(ready.get("status"), "Unknown"),
+            meta["name"], _plain(st.get("phase"), "Pending"), _plain(spec.get("kubernetesVersion")),
+            _plain(st.get("desiredRevision")), _plain(st.get("publishedRevision")),
+            _plain(st.get("appliedRevision")),
+            "true" if st.get("connected") else "false", _plain(ready.get("status"), "Unknown"),
             age(meta.get("creationTimestamp"), now)]
         if wide:
             row += [age(st.get("lastSeen"), now) if st.get("lastSeen") else "never",
-                    _str(st.get("agentVersion")), _str(ready.get("reason"))]
-        table.add_row(*row)
+                    _plain(st.get("agentVersion")), _plain(ready.get("reason"))]
+        table.add_row(*(Text(str(cell)) for cell in row))
     return table
 
 
 def dump(value: Any, fmt: Literal["json", "yaml"]) -> str:
     if fmt == "json":
-        return json.dumps(value, indent=2, sort_keys=False) + "\n"
-    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
+        return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def without_managed_fields(obj: Obj) -> Obj:
+    """An object as `kubectl get -o yaml` shows it (managedFields hidden)."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return {**obj, "metadata": meta}
 
 
 def as_list(objs: Iterable[Obj]) -> Obj:
@@ -118,17 +144,17 @@ def describe(obj: Obj, events: Sequence[Obj], now: datetime) -> Tree:
     their timings, the pivot, add-ons, every condition, the last error and recent Events."""
     meta, spec, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     ready = _condition(obj, "Ready")
-    phase = st.get("phase") or "Pending (the gateway has not reconciled it yet)"
+    phase = _str(st.get("phase"), "Pending (the gateway has not reconciled it yet)")
     root = Tree(f"[bold]OutpostCluster {meta.get('namespace')}/{meta['name']}[/]  "
                 f"{phase}  (age {age(meta.get('creationTimestamp'), now)})")
     if meta.get("deletionTimestamp"):
         root.add(f"[yellow]being deleted since {meta['deletionTimestamp']}[/]")
     root.add(Text.from_markup(
         f"{_mark(ready.get('status'))} Ready {_str(ready.get('status'), 'Unknown')} "
-        f"{_str(ready.get('reason'), '')}: ").append(_str(ready.get("message"), "no report yet")))
-    root.add(f"Spec: Kubernetes {spec.get('kubernetesVersion')}, "
-             f"{(spec.get('infrastructure') or {}).get('provider')} infrastructure, "
-             f"{_machines(spec)}")
+        f"{_str(ready.get('reason'), '')}: ").append(_plain(ready.get("message"), "no report yet")))
+    root.add(f"Spec: Kubernetes {_str(spec.get('kubernetesVersion'))}, "
+             f"{_str((spec.get('infrastructure') or {}).get('provider'))} infrastructure, "
+             f"{escape(_machines(spec))}")
     root.add(f"Revisions: desired {_str(st.get('desiredRevision'))} · published "
              f"{_str(st.get('publishedRevision'))} · applied {_str(st.get('appliedRevision'))}"
              f" · observed {_str(st.get('observedRevision'))}")
@@ -141,16 +167,16 @@ def describe(obj: Obj, events: Sequence[Obj], now: datetime) -> Tree:
     root.add(agent)
     profile = spec.get("profile")
     addons = st.get("addons") or ()
-    branch = root.add(f"Profile: {profile['name']} {profile['version']}" if profile
-                      else "Profile: none")
+    branch = root.add(f"Profile: {_str(profile.get('name'))} {_str(profile.get('version'))}"
+                      if isinstance(profile, dict) else "Profile: none")
     for a in addons:
-        branch.add(f"{a.get('name')} {_str(a.get('version'), '')} {_str(a.get('phase'))}"
-                   f"{': ' + a['message'] if a.get('message') else ''}")
+        line = Text(f"{a.get('name')} {a.get('version') or ''} {a.get('phase') or '-'}")
+        branch.add(line.append(f": {a['message']}" if a.get("message") else ""))
     steps = reached(obj)
     branch = root.add(f"Bootstrap: {len(steps)} step(s)")
     for phase, took, detail in steps:
         secs = f"  {took:.1f}s" if took is not None else ""
-        line = Text.from_markup(f"[green]✓[/] {phase}{secs}")
+        line = Text.from_markup(f"[green]✓[/] {escape(phase)}{secs}")
         if detail:
             line.append(f"  {detail}")
         branch.add(line)
@@ -162,8 +188,8 @@ def describe(obj: Obj, events: Sequence[Obj], now: datetime) -> Tree:
             branch.add(Text(f"skipped {skipped}"))
     branch = root.add("Conditions")
     for c in st.get("conditions") or ():
-        line = Text.from_markup(f"{_mark(c.get('status'))} {c.get('type')} {c.get('status')} "
-                                f"{c.get('reason')}: ")
+        line = Text.from_markup(f"{_mark(c.get('status'))} {_str(c.get('type'))} "
+                                f"{_str(c.get('status'))} {_str(c.get('reason'))}: ")
         branch.add(line.append(str(c.get("message", ""))))
     if st.get("failedReason"):
         root.add(Text("Failed: ", style="red").append(str(st["failedReason"])))

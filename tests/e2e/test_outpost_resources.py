@@ -164,7 +164,7 @@ async def test_outpostctl_create_wait_follows_the_steps(tmp_path: Path,
         spec_file.write_text(cluster)
         async with gateway_process(tb, tmp_path / "gw"):
             rc, out, err = await ctl("create", "cluster", "-f", str(spec_file), "--wait",
-                                     "--timeout", "150")
+                                     "--timeout", "150", timeout=180)
             assert rc == 0, f"{out}\n{err}"
             lines = out.splitlines()
             assert lines[0] == f"outpostcluster.outpost.io/{NAME} created"
@@ -175,7 +175,7 @@ async def test_outpostctl_create_wait_follows_the_steps(tmp_path: Path,
             rc, out, err = await ctl("get", "clusters", "-n", NS)
             assert rc == 0, err
             assert out.splitlines()[1].split()[:8] == [NAME, "Managed", "v1.35.2", "1", "1",
-                                                       "1", "yes", "True"]
+                                                       "1", "true", "True"]
             rc, out, _ = await ctl("move-plan", NAME, "-n", NS)
             assert rc == 0 and "already pivoted" in out
             rc, out, err = await ctl("scale", NAME, "-n", NS, "--workers", "line-a=2")

@@ -21,6 +21,7 @@ from agent.kube import resources as r
 from mgmt_gateway.clusters import API_VERSION, CLUSTER_PROFILE, OUTPOST_CLUSTER
 from testbed.backends import KubeApi
 from testbed.crds import gateway_crd_files
+from tests.fixtures.site import eventually
 
 pytestmark = pytest.mark.both_backends
 
@@ -39,12 +40,18 @@ class Ctl:
         if kubeconfig is not None:
             self.env["KUBECONFIG"] = str(kubeconfig)
 
-    async def __call__(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    async def __call__(self, *args: str, stdin: str | None = None,
+                       timeout: float = 60) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
             *outpostctl_binary(), *args, env=self.env, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(
-            proc.communicate(stdin.encode() if stdin is not None else None), 60)
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(stdin.encode() if stdin is not None else None), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(f"outpostctl {' '.join(args)} ran over {timeout}s") from None
         return proc.returncode or 0, out.decode(), err.decode()
 
 
@@ -90,6 +97,31 @@ async def test_without_a_kubeconfig_it_says_what_to_pass(tmp_path: Path) -> None
     rc, _, err = await Ctl(None, tmp_path)("get", "clusters")
     assert rc == 2
     assert "no kubeconfig" in err and "--kubeconfig" in err
+    # A KUBECONFIG naming no file never falls back to ~/.kube/config (another cluster).
+    (tmp_path / ".kube").mkdir()
+    (tmp_path / ".kube" / "config").write_text("apiVersion: v1\nkind: Config\n")
+    rc, _, err = await Ctl(tmp_path / "typo", tmp_path)("get", "clusters")
+    assert rc == 2 and "KUBECONFIG names no file that exists" in err
+
+
+async def test_kubeconfig_files_are_merged_and_the_context_namespace_is_the_default(
+        mgmt: tuple[ApiKubeClient, Ctl], api: KubeApi, tmp_path: Path) -> None:
+    kube, _ = mgmt
+    await kube.create(OUTPOST_CLUSTER, cluster("edge-a", namespace=NS))
+    doc = api.kubeconfig("test")
+    for c in doc["contexts"]:
+        c["context"]["namespace"] = NS
+    current = doc.pop("current-context")
+    clusters_only = tmp_path / "clusters.kubeconfig"
+    clusters_only.write_text(yaml.safe_dump({**doc, "contexts": [], "users": []}))
+    rest = tmp_path / "rest.kubeconfig"
+    rest.write_text(yaml.safe_dump({**doc, "clusters": [], "current-context": current}))
+    ctl = Ctl(None, tmp_path)
+    ctl.env["KUBECONFIG"] = os.pathsep.join([str(tmp_path / "gone"), str(clusters_only),
+                                             str(rest)])
+    rc, out, err = await ctl("get", "clusters")
+    assert rc == 0, err
+    assert out.splitlines()[1].split()[0] == "edge-a"
 
 
 async def test_create_get_and_describe(mgmt: tuple[ApiKubeClient, Ctl], tmp_path: Path) -> None:
@@ -110,15 +142,19 @@ async def test_create_get_and_describe(mgmt: tuple[ApiKubeClient, Ctl], tmp_path
                               "CONNECTED", "READY", "AGE"]
     assert [row.split()[:3] for row in rows] == [["edge-a", "Pending", "v1.35.2"],
                                                  ["edge-b", "Pending", "v1.35.2"]]
-    rc, out, _ = await ctl("get", "clusters", "-A", "-o", "json")
+    rc, out, err = await ctl("get", "clusters", "-A", "-o", "json")
+    assert rc == 0, err
     listed = json.loads(out)
-    assert rc == 0 and listed["kind"] == "List"
+    assert listed["kind"] == "List"
+    assert all("managedFields" not in o["metadata"] for o in listed["items"])
     assert {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in listed["items"]} == {
         (NS, "edge-a"), (NS, "edge-b")}
     rc, out, _ = await ctl("get", "clusters", "edge-b", "-n", NS, "-o", "yaml")
     assert rc == 0 and yaml.safe_load(out)["metadata"]["name"] == "edge-b"
     rc, _, err = await ctl("get", "clusters", "edge-z", "-n", NS)
     assert rc == 1 and "no OutpostCluster 'edge-z' in namespace fleet" in err
+    rc, _, err = await ctl("get", "clusters", "edge-b", "-A")
+    assert rc == 2 and "use -n NAMESPACE" in err
     rc, _, err = await ctl("get", "clusters", "-n", "empty")
     assert rc == 0 and "No OutpostClusters found in namespace empty" in err
 
@@ -137,18 +173,24 @@ async def test_create_get_and_describe(mgmt: tuple[ApiKubeClient, Ctl], tmp_path
                   {"phase": "FirstControlPlaneReady", "startedAt": at(9)}],
         "conditions": [{"type": "Ready", "status": "False", "reason": "WaitingForAgent",
                         "message": "revision 2 is published; the agent reports 1 applied",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                       {"type": "AddonsReady", "status": "False", "reason": "HelmFailed",
+                        "message": "helm: [/bad] [red]chart[/red] not found",
                         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
     await kube.replace_status(OUTPOST_CLUSTER, obj, field_manager="test")
-    rc, out, _ = await ctl("get", "clusters", "-n", NS, "-o", "wide")
+    rc, out, err = await ctl("get", "clusters", "-n", NS, "-o", "wide")
+    assert rc == 0, err
     row = next(line.split() for line in out.splitlines() if line.startswith("edge-a"))
-    assert row[1:9] == ["Managed", "v1.35.2", "2", "2", "1", "yes", "False", row[8]]
+    assert row[1:8] == ["Managed", "v1.35.2", "2", "2", "1", "true", "False"]
     assert row[-1] == "WaitingForAgent"
     rc, out, err = await ctl("describe", "cluster", "edge-a", "-n", NS)
     assert rc == 0, err
     for text in ("OutpostCluster fleet/edge-a", "Ready False WaitingForAgent: revision 2 is "
                  "published; the agent reports 1 applied", "desired 2 · published 2 · applied 1",
                  "CapiCreated  2.0s  4 CAPI objects applied",
-                 "FirstControlPlaneReady  7.0s", "workers line-a 2"):
+                 "FirstControlPlaneReady  7.0s",
+                 "AddonsReady False HelmFailed: helm: [/bad] [red]chart[/red] not found",
+                 "workers line-a 2"):
         assert text in out, out
     rc, _, err = await ctl("describe", "cluster", "nope", "-n", NS)
     assert rc == 1 and "no OutpostCluster 'nope'" in err
@@ -164,10 +206,15 @@ async def test_a_bad_file_creates_nothing(mgmt: tuple[ApiKubeClient, Ctl],
                                                "metadata": {"name": "x"}}],
         "even.yaml": [cluster("edge-c"), bad],
         "garbled.yaml": "kind: [",
+        "elsewhere.yaml": [cluster("edge-c", namespace="other")],
+        "skewed.yaml": [{**cluster("edge-c"), "spec": {**cluster("edge-c")["spec"], "workers": [
+            {"name": "a", "replicas": 1, "version": "v1.36.0", "machine": {"provider": "dev"}}
+        ]}}],
     }
     expected = {"missing.yaml": "cannot read", "configmap.yaml": "is a ConfigMap, not an "
-                "OutpostCluster", "even.yaml": "document 2 (edge-c)", "garbled.yaml": "not "
-                "valid YAML"}
+                "OutpostCluster", "even.yaml": "item 2 (edge-c)", "garbled.yaml": "not "
+                "valid YAML", "elsewhere.yaml": "is in namespace other, not fleet (-n)",
+                "skewed.yaml": "newer than the control plane"}
     for name, content in cases.items():
         path = tmp_path / name
         if isinstance(content, str):
@@ -181,6 +228,42 @@ async def test_a_bad_file_creates_nothing(mgmt: tuple[ApiKubeClient, Ctl],
     rc, out, err = await ctl("create", "cluster", "-f", "-", "-n", NS,
                              stdin=yaml.safe_dump(cluster("edge-c")))
     assert rc == 0 and "edge-c created" in out, err
+    # What `get -o yaml` prints can be fed back (a List, server fields dropped).
+    rc, listed, err = await ctl("get", "clusters", "-n", NS, "-o", "yaml")
+    assert rc == 0, err
+    await kube.delete(OUTPOST_CLUSTER, "edge-c", NS)
+
+    async def deleted() -> bool:
+        return not (await kube.list(OUTPOST_CLUSTER, NS)).items
+    await eventually(deleted)
+    rc, out, err = await ctl("create", "cluster", "-f", "-", stdin=listed)
+    assert rc == 0 and "edge-c created" in out, err
+
+
+async def test_wait_ends_when_the_gateway_refuses_the_spec(mgmt: tuple[ApiKubeClient, Ctl],
+                                                           tmp_path: Path) -> None:
+    kube, ctl = mgmt
+    waiting = asyncio.create_task(ctl("create", "cluster", "-f", "-", "-n", NS, "--wait",
+                                      "--timeout", "50", stdin=yaml.safe_dump(
+                                          cluster("edge-d")), timeout=80))
+
+    async def created() -> dict[str, Any] | None:
+        found = [o for o in (await kube.list(OUTPOST_CLUSTER, NS)).items
+                 if o["metadata"]["name"] == "edge-d"]
+        return found[0] if found else None
+
+    try:
+        obj = await eventually(created)
+        obj["status"] = {"conditions": [{
+            "type": "SpecAccepted", "status": "False", "reason": "ProfileNotFound",
+            "message": "no ClusterProfile base 1.0",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+            "observedGeneration": obj["metadata"]["generation"]}]}
+        await kube.replace_status(OUTPOST_CLUSTER, obj, field_manager="test")
+    finally:
+        rc, out, err = await waiting
+    assert rc == 1, (out, err)
+    assert "edge-d failed: ProfileNotFound: no ClusterProfile base 1.0" in err
 
 
 async def test_day2_edits(mgmt: tuple[ApiKubeClient, Ctl]) -> None:
@@ -205,12 +288,13 @@ async def test_day2_edits(mgmt: tuple[ApiKubeClient, Ctl]) -> None:
     for args, code, text in [
         (["scale", "edge-a", "--workers", "nope=1"], 1, "no worker pool named nope (pools: "
                                                         "line-a)"),
-        (["scale", "edge-a", "--control-plane", "2"], 1, "should be 1, 3 or 5"),
+        (["scale", "edge-a", "--control-plane", "2"], 2, "1, 3 or 5"),
         (["scale", "edge-a"], 2, "--control-plane"),
         (["scale", "edge-a", "--workers", "line-a"], 2, "POOL=REPLICAS"),
         (["upgrade", "edge-a", "v1.34.0"], 1, "does not support downgrading"),
         (["upgrade", "edge-a", "v1.37.0"], 1, "skips a minor version"),
-        (["upgrade", "edge-a", "1.36"], 1, "not a Kubernetes version"),
+        (["upgrade", "edge-a", "1.36"], 2, "not a Kubernetes version"),
+        (["upgrade", "edge-a", "v1.36.0"], 1, "the gateway has not taken in the last change"),
         (["set", "profile", "edge-a", "base", "1.0.0"], 1, "no ClusterProfile base 1.0.0"),
         (["rotate-certs", "edge-z"], 1, "no OutpostCluster 'edge-z'"),
     ]:
@@ -219,6 +303,11 @@ async def test_day2_edits(mgmt: tuple[ApiKubeClient, Ctl]) -> None:
         assert text in err, (args, err)
     assert (await spec())["controlPlane"]["replicas"] == 3
 
+    # Converged (as the gateway reports it): the next minor may go.
+    obj = await kube.get(OUTPOST_CLUSTER, "edge-a", NS)
+    obj["status"] = {"observedGeneration": obj["metadata"]["generation"],
+                     "desiredRevision": 2, "appliedRevision": 2}
+    await kube.replace_status(OUTPOST_CLUSTER, obj, field_manager="test")
     rc, out, err = await ctl("upgrade", "edge-a", "v1.36.0", "-n", NS)
     assert rc == 0 and "Kubernetes v1.35.2 → v1.36.0" in out, err
     assert (await spec())["kubernetesVersion"] == "v1.36.0"
