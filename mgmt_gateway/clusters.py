@@ -173,7 +173,8 @@ def _time(t: datetime | None) -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t is not None else None
 
 
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """A Kubernetes timestamp (RFC 3339), or None when absent or unreadable."""
     if not value:
         return None
     try:
@@ -191,12 +192,12 @@ def record_of(obj: Obj, spec: ClusterSpec) -> ClusterRecord:
         phase = "Deleting"  # deleted: whatever the controller has written so far
     steps = []
     for s in status.get("steps") or ():
-        started = _parse_time(s.get("startedAt"))
+        started = parse_time(s.get("startedAt"))
         if started is not None and s.get("phase") in PHASES:
             steps.append(StepRecord(phase=s["phase"], started_at=started,
-                                    finished_at=_parse_time(s.get("finishedAt")),
+                                    finished_at=parse_time(s.get("finishedAt")),
                                     detail=str(s.get("detail") or "")))
-    created = _parse_time(meta.get("creationTimestamp"))
+    created = parse_time(meta.get("creationTimestamp"))
     return ClusterRecord(
         name=str(meta.get("name")), phase=phase, spec=spec,
         published_revision=int(status.get("publishedRevision") or 0),

@@ -16,16 +16,9 @@ from rich.tree import Tree
 
 from agent.kube import Obj
 
+from ..clusters import parse_time
+
 Output = Literal["table", "wide", "json", "yaml"]
-
-
-def parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def age(value: Any, now: datetime) -> str:
