@@ -145,7 +145,7 @@ async def provisioned(env: Env, ns: str, name: str, workers: int = 1) -> Graph:
             md = await env.src.get(r.MACHINE_DEPLOYMENT, f"{name}-md", ns)
             assert (md.get("status") or {}).get("readyReplicas") == workers
         return await discover(env.src, ns, name)
-    graph: Graph = await eventually(check, timeout=15)
+    graph: Graph = await eventually(check, timeout=60)  # a bound, not a speed
     return graph
 
 
