@@ -63,11 +63,12 @@ async def test_bootstrap_completes_through_api_faults(tmp_path: Path,
     async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.05, resync=0.5),
                        api=backend) as tb, \
             gateway(tb, tmp_path / "gw") as (_, http, base):
-        # Bursts of conflicts and server errors on the management API while it bootstraps.
-        tb.management.faults.fail_next(6, 500, path="/apis/")
-        tb.management.faults.fail_next(4, 409, path="outpostclusters", method="PUT")
         async with http.post(f"{base}/v1/clusters", json=request(3, 1)) as resp:
             assert resp.status == 202, await resp.text()
+        # Bursts of conflicts and server errors on the management API while it bootstraps
+        # (before the request was accepted, the façade answers 503 and changes nothing).
+        tb.management.faults.fail_next(6, 500, path="/apis/")
+        tb.management.faults.fail_next(4, 409, path="outpostclusters", method="PUT")
 
         async def installed_then_outage() -> bool:
             return await phase(http, base) in ("AgentInstalled", "Pivoted", "Managed")
@@ -119,7 +120,7 @@ async def test_bad_requests_create_nothing_and_delete_retires(tmp_path: Path,
                 except NotFound:
                     return await phase(http, base) == ""
 
-            await eventually(gone, timeout=60, what="cluster torn down and forgotten")
+            await eventually(gone, timeout=120, what="cluster torn down and forgotten")
         finally:
             await mgmt.close()
 
