@@ -11,6 +11,7 @@ this module only knows how.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,6 +23,7 @@ from agent.kube import ApiKubeClient, KubeClient, NotFound, Obj
 from agent.kube import resources as r
 from agent.spec import capi
 
+from .clusters import MANAGER
 from .kinds import resource_of
 from .pivot import MoveReport, PivotError, PreconditionFailed, move
 from .publish import PublishConflict, PublishUnavailable, SpecPublisher
@@ -31,7 +33,6 @@ from .state import ClusterRecord
 from .store import ObjectJournal, OutpostClusters, owner_reference
 
 log = logging.getLogger("outpost.gateway.bootstrap")
-MANAGER = "outpost-gateway"
 
 
 @dataclass
@@ -64,7 +65,8 @@ class Bootstrapper:
         self.components = list(components)
         self.agent = agent
         self.step_timeout = step_timeout
-        self._workload_client = workload_client or ApiKubeClient.from_kubeconfig_data
+        self._workload_client = workload_client or functools.partial(
+            ApiKubeClient.from_kubeconfig_data, user_agent=MANAGER)
         self.may_write = may_write
         #: The last pivot's report per cluster, for the status (moved and skipped objects).
         self.pivot_reports: dict[str, MoveReport] = {}

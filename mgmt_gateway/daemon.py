@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -20,7 +21,7 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from agent.kube import ApiKubeClient, KubeClient, KubeError, NotFound
+from agent.kube import AlreadyExists, ApiKubeClient, KubeClient, KubeError, NotFound
 from agent.kube import resources as r
 from agent.runtime.leader import LeaderElector
 from agent.runtime.natslink import LinkSettings, NatsLink
@@ -145,11 +146,20 @@ class Gateway:
                     f"the management cluster does not serve {res.kind} ({res.api_version}): "
                     "apply the CRDs first (kubectl apply -f manifests/gateway/crds)") from None
 
+    async def _ensure_namespace(self) -> None:
+        """Its own namespace (the Lease lives there), created only when missing: a restart
+        over a converged fleet writes nothing."""
+        try:
+            await self.management.get(r.NAMESPACE, self.settings.namespace)
+        except NotFound:
+            with contextlib.suppress(AlreadyExists):
+                await self.management.create(r.NAMESPACE, {
+                    "apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": self.settings.namespace}})
+
     async def run(self, stop: asyncio.Event) -> int:
         await self._require_crds()
-        await self.management.apply(r.NAMESPACE, {
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": self.settings.namespace}}, field_manager="outpost-gateway")
+        await self._ensure_namespace()
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
@@ -208,10 +218,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _management(settings: GatewaySettings) -> ApiKubeClient:
+    """The management cluster's client; its User-Agent names the gateway in audit logs."""
+    if settings.kubeconfig:
+        return await ApiKubeClient.from_kubeconfig(settings.kubeconfig, user_agent=MANAGER)
+    return ApiKubeClient.from_in_cluster(user_agent=MANAGER)
+
+
 async def _move_plan(settings: GatewaySettings, args: argparse.Namespace) -> int:
-    source = (await ApiKubeClient.from_kubeconfig(settings.kubeconfig) if settings.kubeconfig
-              else ApiKubeClient.from_in_cluster())
-    target = await ApiKubeClient.from_kubeconfig(args.target_kubeconfig)
+    source = await _management(settings)
+    target = await ApiKubeClient.from_kubeconfig(args.target_kubeconfig, user_agent=MANAGER)
     try:
         report = await move(source, target, args.namespace, args.cluster,
                             journal=MemoryJournal(), dry_run=True)
@@ -227,8 +243,7 @@ async def _amain(settings: GatewaySettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    kube = (await ApiKubeClient.from_kubeconfig(settings.kubeconfig) if settings.kubeconfig
-            else ApiKubeClient.from_in_cluster())
+    kube = await _management(settings)
     try:
         return await Gateway(settings, kube).run(stop)
     finally:

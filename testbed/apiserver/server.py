@@ -104,6 +104,19 @@ def parse_path(path: str) -> Route | None:
                  rest[2] if len(rest) > 2 else None, watching)
 
 
+def _verb(request: web.Request, route: Route) -> str:
+    """The request's verb as Kubernetes names it (audit logs, RBAC)."""
+    method = request.method
+    if method == "GET":
+        if route.watch or request.query.get("watch") in ("1", "true"):
+            return "watch"
+        return "get" if route.name else "list"
+    if method == "DELETE" and not route.name:
+        return "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+        method, method.lower())
+
+
 def _status_ok(rt: ResourceType, name: str, uid: str) -> dict[str, Any]:
     details: dict[str, Any] = {"name": name, "kind": rt.plural, "uid": uid}
     if rt.group:
@@ -150,6 +163,9 @@ class ApiServer(Outage):
         self.bookmark_interval = bookmark_interval
         self.fresh_wait = 3.0  # how long a read at a future resourceVersion waits before 504
         self.requests: Counter[str] = Counter()
+        #: Resource requests by (client, verb, resource[/subresource]), as an audit log counts
+        #: them: the client is the User-Agent's product ("outpost-gateway/1.0" -> its first part).
+        self.calls: Counter[tuple[str, str, str]] = Counter()
         self.down = False
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -247,6 +263,8 @@ class ApiServer(Outage):
             route = parse_path(path)
             if route is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            self.calls[(self._client(request), _verb(request, route),
+                        route.plural + (f"/{route.sub}" if route.sub else ""))] += 1
             return await self._resource(request, route)
         except ApiError as e:
             headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
@@ -400,12 +418,13 @@ class ApiServer(Outage):
         return "All" in request.query.getall("dryRun", [])
 
     @staticmethod
-    def _manager(request: web.Request) -> str:
-        fm = request.query.get("fieldManager")
-        if fm:
-            return fm
+    def _client(request: web.Request) -> str:
         ua = request.headers.get("User-Agent", "unknown")
         return ua.split("/")[0][:128] or "unknown"
+
+    @classmethod
+    def _manager(cls, request: web.Request) -> str:
+        return request.query.get("fieldManager") or cls._client(request)
 
     async def _body(self, request: web.Request, yaml_ok: bool = False) -> Any:
         ctype = request.content_type

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -147,3 +148,42 @@ async def test_without_its_crds_the_gateway_says_what_to_apply(
     assert proc.returncode == 2, err.decode()[-2000:]
     assert b"does not serve OutpostCluster" in err
     assert b"kubectl apply -f manifests/gateway/crds" in err
+
+
+async def test_the_gateway_names_itself_and_a_restart_writes_nothing(
+        api: ApiServer, kubeconfig: Path, tmp_path: Path) -> None:
+    """Audit logs tell the gateway's calls apart by its User-Agent; once its namespace exists,
+    starting again over the same management cluster writes nothing but its Lease."""
+    await api.install_crds(gateway_crd_files())
+    env = {**os.environ,
+           "OUTPOST_GATEWAY_KUBECONFIG": str(kubeconfig),
+           "OUTPOST_GATEWAY_NATS_SERVERS": NO_NATS,
+           "OUTPOST_GATEWAY_SIGNING_KEY_FILE": str(tmp_path / "key.pem"),
+           "OUTPOST_GATEWAY_HTTP_HOST": "127.0.0.1", "OUTPOST_GATEWAY_HTTP_PORT": "0",
+           "OUTPOST_GATEWAY_LOG_LEVEL": "WARNING"}
+    adopted = ("outpost-gateway", "list", "configmaps")  # the last step of a start: leading
+
+    async def run_once() -> Counter[tuple[str, str, str]]:
+        before = api.calls.copy()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mgmt_gateway.daemon", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            await eventually(lambda: api.calls[adopted] > before[adopted],
+                             what="the gateway leading and adopting records")
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 30)
+        calls = api.calls.copy()
+        calls.subtract(before)
+        return +calls
+
+    def writes(calls: Counter[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        return {k for k in calls if k[1] in ("create", "update", "patch", "delete")
+                and k[2] != "leases"}
+
+    first = await run_once()
+    assert writes(first) == {("outpost-gateway", "create", "namespaces")}
+    second = await run_once()
+    assert writes(second) == set()
+    assert {who for who, _, _ in first + second} == {"outpost-gateway"}
