@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from agent.kube import AlreadyExists, KubeClient, NotFound, Obj
 from agent.kube import resources as r
 from agent.runtime.informer import Informer, object_key
@@ -25,12 +27,15 @@ from .clusters import (
     OUTPOST_CLUSTER,
     AgentView,
     Invalid,
+    Profile,
     desired,
+    profile_of,
     record_of,
     same_status,
     spec_hash,
     status_of,
 )
+from .render.addons import RenderError
 from .state import ClusterRecord, Scan, Unreadable, UnreadableRecord
 
 AgentLookup = Callable[[str], AgentView | None]
@@ -38,6 +43,19 @@ AgentLookup = Callable[[str], AgentView | None]
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _without_managed_fields(obj: Obj) -> Obj:
+    """What the cache keeps of an OutpostCluster: no pass reads managedFields, and at fleet
+    scale they are a third of what the informer would hold."""
+    meta = obj.get("metadata") or {}
+    if "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
+def _namespace(obj: Obj) -> tuple[str]:
+    return (str(obj["metadata"].get("namespace") or ""),)
 
 
 class NotSynced(Exception):
@@ -55,8 +73,12 @@ class OutpostClusters:
         self.kube = kube
         self.agents = agents
         self.clock = clock
-        self.clusters = Informer(kube, OUTPOST_CLUSTER, None, on_object=on_cluster)
-        self.profiles = Informer(kube, CLUSTER_PROFILE, None, on_object=on_profile)
+        self.clusters = Informer(kube, OUTPOST_CLUSTER, None, on_object=on_cluster,
+                                 indexers={"name": lambda o: (o["metadata"]["name"],)},
+                                 transform=_without_managed_fields)
+        self.profiles = Informer(kube, CLUSTER_PROFILE, None, on_object=on_profile,
+                                 indexers={"namespace": _namespace})
+        self._rendered: dict[tuple[str, str], Profile | Exception] = {}
 
     # -- reads ----------------------------------------------------------------------------
     async def synced(self, timeout: float = 3.0) -> None:
@@ -72,16 +94,14 @@ class OutpostClusters:
 
     def named(self, name: str) -> list[Obj]:
         """The OutpostClusters called `name`, oldest first (normally one)."""
-        found = [o for o in self.clusters.items.values() if o["metadata"]["name"] == name]
-        return sorted(found, key=_age)
+        return sorted(self.clusters.by_index("name", name), key=_age)
 
     def owner_of(self, name: str) -> Obj | None:
         found = self.named(name)
         return found[0] if found else None
 
     def profiles_in(self, namespace: str) -> list[Obj]:
-        return [p for p in self.profiles.items.values()
-                if p["metadata"].get("namespace") == namespace]
+        return self.profiles.by_index("namespace", namespace)
 
     def desired(self, obj: Obj) -> tuple[Any, str] | Invalid:
         """The desired ClusterSpec of `obj` and its hash, or why there is none (an invalid
@@ -93,7 +113,32 @@ class OutpostClusters:
                                         f"namespace {owner['metadata'].get('namespace')}: "
                                         "cluster names are unique across the fleet (they key "
                                         "its NATS subjects); rename this one")
-        return desired(obj, self.profiles_in(str(meta.get("namespace"))))
+        return desired(obj, self.profiles_in(str(meta.get("namespace"))), self.rendered)
+
+    def rendered(self, profile: Obj) -> Profile:
+        """A ClusterProfile rendered once per version of the object (a published profile never
+        changes), its bundles kept for the publisher. Raises what profile_of raises."""
+        meta = profile["metadata"]
+        key = (str(meta.get("uid")), str(meta.get("resourceVersion")))
+        found = self._rendered.get(key)
+        if found is None:
+            try:
+                found = profile_of(profile)
+            except (ValidationError, RenderError) as e:
+                found = e
+            self._rendered[key] = found
+            if len(self._rendered) > 256:  # old versions of edited (invalid) profiles
+                self._rendered.pop(next(iter(self._rendered)))
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def bundle(self, digest: str) -> bytes | None:
+        """The bytes of a bundle some cached profile refers to (None: none does)."""
+        for found in self._rendered.values():
+            if not isinstance(found, Exception) and digest in found.bundles:
+                return found.bundles[digest]
+        return None
 
     def record(self, obj: Obj) -> ClusterRecord:
         """The working record of a valid OutpostCluster; raises UnreadableRecord."""

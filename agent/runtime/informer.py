@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from agent.kube.errors import Gone, KubeError
 from agent.kube.types import KubeClient, Obj, Resource
@@ -34,12 +34,18 @@ def _rv(obj: Obj) -> int:
         return 0
 
 
+Indexer = Callable[[Obj], Iterable[str]]
+"""The values an object is found under in one index (client-go's IndexFunc)."""
+
+
 class Informer:
     def __init__(self, kube: KubeClient, res: Resource, namespace: str | None, *,
                  label_selector: str | None = None,
                  on_change: Callable[[str], None] = lambda why: None,
                  on_object: Callable[[str], None] | None = None,
-                 watch_timeout: int = 300) -> None:
+                 watch_timeout: int = 300,
+                 indexers: Mapping[str, Indexer] | None = None,
+                 transform: Callable[[Obj], Obj] | None = None) -> None:
         self.kube = kube
         self.res = res
         self.namespace = namespace
@@ -54,10 +60,17 @@ class Informer:
         self.progress = time.monotonic()
         #: By name when the informer watches one namespace (or a cluster-scoped type), by
         #: `namespace/name` (object_key) when it watches a namespaced type in all namespaces.
+        #: Read it freely; change it only through store() and forget(), which keep the
+        #: indexes in step.
         self.items: dict[str, Obj] = {}
         self.synced = asyncio.Event()
         self._key = (object_key if namespace is None and res.namespaced
                      else lambda o: str(o["metadata"]["name"]))
+        #: What the cache keeps of each object (client-go's SetTransform): dropping what no
+        #: pass reads keeps a watch on large objects (CRDs, dashboards) from costing memory.
+        self._transform = transform
+        self._indexers = dict(indexers or {})
+        self._indexes: dict[str, dict[str, set[str]]] = {n: {} for n in self._indexers}
 
     def stalled(self, limit: float) -> bool:
         """True when nothing came from the API for longer than `limit` seconds (a healthy watch
@@ -67,15 +80,50 @@ class Informer:
     def get(self, name: str) -> Obj | None:
         return self.items.get(name)
 
+    def by_index(self, index: str, value: str) -> list[Obj]:
+        """The cached objects `index` files under `value`, in O(matches): a fleet-wide
+        lookup by name must not scan 10,000 objects on every pass."""
+        keys = self._indexes[index].get(value, ())
+        return [self.items[k] for k in keys if k in self.items]
+
     def store(self, obj: Obj) -> None:
         """Write-through after our own write, so the next pass does not act on stale data."""
         name = self._key(obj)
         current = self.items.get(name)
         if current is None or _rv(obj) >= _rv(current):
-            self.items[name] = obj
+            self._put(name, obj)
 
     def forget(self, name: str) -> None:
-        self.items.pop(name, None)
+        old = self.items.pop(name, None)
+        if old is not None:
+            self._unindex(name, old)
+
+    def _put(self, key: str, obj: Obj) -> None:
+        if self._transform is not None:
+            obj = self._transform(obj)
+        old = self.items.get(key)
+        if old is not None:
+            self._unindex(key, old)
+        self.items[key] = obj
+        for index, values_of in self._indexers.items():
+            for value in values_of(obj):
+                self._indexes[index].setdefault(value, set()).add(key)
+
+    def _unindex(self, key: str, obj: Obj) -> None:
+        for index, values_of in self._indexers.items():
+            table = self._indexes[index]
+            for value in values_of(obj):
+                keys = table.get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del table[value]
+
+    def _replace(self, objs: Iterable[Obj]) -> None:
+        self.items = {}
+        self._indexes = {n: {} for n in self._indexers}
+        for o in objs:
+            self._put(self._key(o), o)
 
     async def run(self) -> None:
         """List, then watch from the list's resourceVersion, forever. Any failure (an API
@@ -103,7 +151,7 @@ class Informer:
     async def _list_and_watch(self, backoff: Backoff) -> None:
         listed = await self.kube.list(self.res, self.namespace,
                                       label_selector=self.label_selector)
-        self.items = {self._key(o): o for o in listed.items}
+        self._replace(listed.items)
         self.synced.set()
         self.progress = time.monotonic()
         backoff.reset()
@@ -121,9 +169,9 @@ class Informer:
                     continue
                 name = self._key(ev.object)
                 if ev.type == "DELETED":
-                    self.items.pop(name, None)
+                    self.forget(name)
                 else:
-                    self.items[name] = ev.object
+                    self._put(name, ev.object)
                 self._changed(f"{ev.type} {self.res.kind}/{name}")
                 self._object_changed(name)
             # The server ended the watch (timeout): resume where we were.
