@@ -25,7 +25,7 @@ test: lint controlplane  ## ruff, mypy --strict, the real control plane (built o
 bench: $(BIN)/.installed  ## print the benchmark figures
 	$(BIN)/python -m bench
 
-controlplane:  ## build etcd and kube-* from the pins in testbed/controlplane/go (needs Go >= 1.26); cached in ~/.cache/outpost
+controlplane:  ## build etcd, kube-* and helm from the pins in testbed/controlplane/go (needs Go >= 1.26); cached in ~/.cache/outpost
 	@command -v go >/dev/null 2>&1 || { echo "controlplane: go is not on PATH: install Go >= 1.26 (https://go.dev/dl/)" >&2; exit 1; }
 	$(PYTHON) testbed/controlplane/build.py
 

@@ -1,22 +1,26 @@
 #!/usr/bin/env python3
 """Build the real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)
-from pinned Go modules, into a cache outside the repository.
+and helm from pinned Go modules, into a cache outside the repository.
 
-The pins are the two wrapper modules next to this file: `go/etcd` requires
+The pins are the three wrapper modules next to this file: `go/etcd` requires
 go.etcd.io/etcd/server/v3 as a tool, `go/kubernetes` requires k8s.io/kubernetes and replaces every
 staging module it names (k8s.io/api, k8s.io/apiserver, ...) with the published release of the
-same minor. Neither upstream module builds with `go install ...@version` because each has
-`replace` directives; a wrapper module that requires it does.
+same minor, `go/helm` requires helm.sh/helm/v4's cmd/helm as a tool. Neither etcd nor kubernetes
+builds with `go install ...@version` because each has `replace` directives; a wrapper module that
+requires it does. Helm has none (`pin helm` refuses a release that gains some); its wrapper keeps
+every k8s.io module at the version helm itself requires, independently of go/kubernetes.
 
     python3 testbed/controlplane/build.py            # build what is missing, verify everything
     python3 testbed/controlplane/build.py paths      # print where each binary is (no build)
     python3 testbed/controlplane/build.py pin kubernetes v1.37.2   # rewrite go/kubernetes
     python3 testbed/controlplane/build.py pin etcd v3.6.17         # rewrite go/etcd
+    python3 testbed/controlplane/build.py pin helm v4.3.2          # rewrite go/helm
 
 Binaries land in ~/.cache/outpost/bin/<component>-<version>/<component> (OUTPOST_CACHE moves
-~/.cache/outpost). A binary is reused when it exists, its `--version` names the pinned version
-and it was built from the same go.mod/go.sum and flags; otherwise it is rebuilt. Only the
-Python standard library is used; Go >= 1.26 is the one prerequisite.
+~/.cache/outpost). A binary is reused when it exists, its `--version` (helm: `version --template
+{{.Version}}`) names the pinned version and it was built from the same go.mod/go.sum and flags;
+otherwise it is rebuilt. Only the Python standard library is used; Go >= 1.26 is the one
+prerequisite.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Wrapper:
     name: str
     module: str  # the upstream module that is pinned in the wrapper's go.mod
     commands: dict[str, str]  # component name -> Go package of its main
+    version_args: tuple[str, ...] = ("--version",)  # what makes a command print its version
 
     @property
     def dir(self) -> Path:
@@ -61,7 +66,9 @@ KUBERNETES = Wrapper("kubernetes", "k8s.io/kubernetes", {
     name: f"k8s.io/kubernetes/cmd/{name}"
     for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 })
-WRAPPERS = (ETCD, KUBERNETES)
+HELM = Wrapper("helm", "helm.sh/helm/v4", {"helm": "helm.sh/helm/v4/cmd/helm"},
+               version_args=("version", "--template", "{{.Version}}"))
+WRAPPERS = (ETCD, KUBERNETES, HELM)
 
 
 def pinned(wrapper: Wrapper) -> str:
@@ -98,7 +105,7 @@ def go(*args: str, cwd: Path, capture: bool = True) -> str:
                           stdout=subprocess.PIPE if capture else None,
                           stderr=subprocess.PIPE if capture else None, check=False)
     if proc.returncode != 0:
-        detail = (proc.stderr or "").strip()
+        detail = (proc.stderr or proc.stdout or "").strip()  # -json reports errors on stdout
         raise BuildError(f"`go {' '.join(args)}` failed in {cwd.name}:\n{detail}")
     return proc.stdout or ""
 
@@ -180,13 +187,16 @@ def pin(target: str, version: str) -> None:
         (wrapper.dir / "go.mod").write_text(kubernetes_gomod(version))
         (wrapper.dir / "go.sum").unlink(missing_ok=True)
     else:
-        wrapper = ETCD
+        wrapper = ETCD if target == "etcd" else HELM
+        if wrapper is HELM:
+            check_no_replaces(version)
         wrapper.dir.mkdir(parents=True, exist_ok=True)
         (wrapper.dir / "go.mod").write_text(
             f"module {WRAPPER_MODULE.format(name=wrapper.name)}\n\ngo 1.26\n")
         (wrapper.dir / "go.sum").unlink(missing_ok=True)
-        log(f"go get -tool {wrapper.module}@{version}")
-        go("get", "-tool", f"{wrapper.module}@{version}", cwd=wrapper.dir)
+        for package in wrapper.commands.values():
+            log(f"go get -tool {package}@{version}")
+            go("get", "-tool", f"{package}@{version}", cwd=wrapper.dir)
     log(f"go mod tidy in go/{wrapper.name}")
     go("mod", "tidy", cwd=wrapper.dir)
     log(f"pinned {wrapper.module} {version} in go/{wrapper.name}/go.mod")
@@ -202,6 +212,34 @@ def check_replaces(version: str) -> None:
         raise BuildError(
             f"go/kubernetes/go.mod's replace list is not {KUBERNETES.module}@{version}'s: "
             f"run `python3 testbed/controlplane/build.py pin kubernetes {version}`")
+
+
+def check_no_replaces(version: str) -> None:
+    """Refuse to pin a helm release whose go.mod replaces modules: a wrapper that requires it
+    would silently build other versions of them (mirror them as go/kubernetes does, then)."""
+    gomod, _ = upstream_mod(HELM.module, version)
+    if found := directives(gomod, "replace"):
+        raise BuildError(f"{HELM.module}@{version}'s go.mod has replace directives "
+                         f"({found[0]} ...): go/helm would have to mirror them")
+
+
+def requires(gomod_text: str) -> dict[str, str]:
+    """Every `module version` requirement of a go.mod, in a require block or on its own line."""
+    return dict(re.findall(r"^(?:require\s+|\t)([^\s(/][^\s]*)\s+(v\S+)", gomod_text, re.M))
+
+
+def check_helm_requires(version: str) -> None:
+    """Refuse to build a helm wrapper whose Kubernetes modules (k8s.io/..., sigs.k8s.io/...)
+    are not at the versions helm itself requires: MVS in the wrapper must not have moved them."""
+    gomod, _ = upstream_mod(HELM.module, version)
+    theirs = requires(gomod.read_text())
+    ours = requires((HELM.dir / "go.mod").read_text())
+    kube = re.compile(r"(sigs\.)?k8s\.io/")
+    differ = sorted(f"{mod} {ours[mod]} (helm requires {want})" for mod, want in theirs.items()
+                    if kube.match(mod) and mod in ours and ours[mod] != want)
+    if differ:
+        raise BuildError(f"go/helm/go.mod moves modules helm {version} pins: {'; '.join(differ)}; "
+                         f"run `python3 testbed/controlplane/build.py pin helm {version}`")
 
 
 # --- building -------------------------------------------------------------------------------
@@ -222,6 +260,8 @@ class Component:
     def expected(self) -> str:
         if self.wrapper is ETCD:
             return f"etcd Version: {self.version.removeprefix('v')}"
+        if self.wrapper is HELM:
+            return self.version
         return f"Kubernetes {self.version}"
 
     def verify(self) -> str | None:
@@ -231,14 +271,15 @@ class Component:
         stamp = self.path.parent / STAMP
         if not stamp.is_file() or stamp.read_text() != self.stamp:
             return "built from other pins or flags"
+        args = " ".join(self.wrapper.version_args)
         try:
-            out = subprocess.run([str(self.path), "--version"], capture_output=True, text=True,
-                                 timeout=60, check=False)
+            out = subprocess.run([str(self.path), *self.wrapper.version_args], capture_output=True,
+                                 text=True, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"`--version` failed: {exc}"
+            return f"`{args}` failed: {exc}"
         first = (out.stdout + out.stderr).strip()
         if self.expected() not in first.splitlines():
-            return f"`--version` said {first.splitlines()[:1]}, expected {self.expected()!r}"
+            return f"`{args}` said {first.splitlines()[:1]}, expected {self.expected()!r}"
         return None
 
 
@@ -261,6 +302,12 @@ def components(go_version: str) -> list[Component]:
                       "gitTreeState": "clean",
                       # the release's own time, so the same pins give the same binary
                       "buildDate": info.get("Time", "1970-01-01T00:00:00Z")}
+            ldflags = " ".join(["-s", "-w", *(f"-X {pkg}.{k}={v}" for k, v in stamps.items())])
+        elif wrapper is HELM:
+            # as helm's Makefile stamps a tagged release (empty metadata: no "+unreleased");
+            # gitCommit stays unset: the module proxy does not say which commit the tag is
+            pkg = "helm.sh/helm/v4/internal/version"
+            stamps = {"version": version, "metadata": "", "gitTreeState": "clean"}
             ldflags = " ".join(["-s", "-w", *(f"-X {pkg}.{k}={v}" for k, v in stamps.items())])
         else:
             ldflags = "-s -w"
@@ -330,6 +377,7 @@ def build_all() -> int:
     log(f"{go_version}; binaries under {cache_root() / 'bin'}")
     comps = components(go_version)
     check_replaces(next(c.version for c in comps if c.wrapper is KUBERNETES))
+    check_helm_requires(next(c.version for c in comps if c.wrapper is HELM))
     todo: dict[str, list[Component]] = {}
     for comp in comps:
         why = comp.verify()

@@ -49,7 +49,8 @@ def built_binaries() -> Binaries:
     from . import build
 
     try:
-        comps = {c.name: c for c in build.components(build.check_go())}
+        comps = {c.name: c for c in build.components(build.check_go())
+                 if c.wrapper is not build.HELM}  # helm: see .helm.built_helm
     except build.BuildError as e:
         raise ControlPlaneError(f"cannot locate the control-plane binaries: {e}") from e
     bad = {name: why for name, c in comps.items() if (why := c.verify()) is not None}
