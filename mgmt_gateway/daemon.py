@@ -66,9 +66,9 @@ class Gateway:
             user_credentials=str(settings.nats_credentials) if settings.nats_credentials
             else None, backoff_initial=min(0.5, settings.retry_max_seconds),
             backoff_max=settings.retry_max_seconds))
-        self.publisher = SpecPublisher(self._nc, key)
-        self.statuses = StatusCollector(self._nc, backoff_max=settings.retry_max_seconds)
         self.fleet = OutpostClusters(management)
+        self.publisher = SpecPublisher(self._nc, key, bundles=self.fleet.bundle)
+        self.statuses = StatusCollector(self._nc, backoff_max=settings.retry_max_seconds)
         creds = (settings.agent_nats_credentials_file.read_text()
                  if settings.agent_nats_credentials_file else None)
         self.bootstrap = Bootstrapper(

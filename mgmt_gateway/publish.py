@@ -33,13 +33,20 @@ import nats.js.errors
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.object_store import ObjectStore
 from pydantic import ValidationError
 
 from agent.runtime import Backoff
 from agent.spec import ClusterSpec, EnvelopeError, StatusReport, explain, parse_envelope, sign
-from agent.spec.wire import JS_STREAM_NAME_IN_USE, SPECS_BUCKET, SPECS_HISTORY, STATUS_BUCKET
+from agent.spec.wire import (
+    BUNDLES_BUCKET,
+    JS_STREAM_NAME_IN_USE,
+    SPECS_BUCKET,
+    SPECS_HISTORY,
+    STATUS_BUCKET,
+)
 
 __all__ = [
     "SPECS_BUCKET", "SPECS_HISTORY", "STATUS_BUCKET", "NcProvider", "ObservedStatus",
@@ -90,8 +97,16 @@ class SpecPublisher:
 
     def __init__(self, nc_provider: NcProvider, signing_key: Ed25519PrivateKey, *,
                  bucket: str = SPECS_BUCKET, history: int = SPECS_HISTORY,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0,
+                 bundles: Callable[[str], bytes | None] = lambda digest: None,
+                 bundle_bucket: str = BUNDLES_BUCKET, bundle_timeout: float = 60.0) -> None:
         self._nc_provider = nc_provider
+        #: The bytes of a bundle by digest (the rendered profiles the gateway holds).
+        self.bundles = bundles
+        self.bundle_bucket = bundle_bucket
+        self.bundle_timeout = bundle_timeout
+        self._stored: set[str] = set()  # digests known to be in the bundle store
+        self._objects: tuple[Client, ObjectStore] | None = None
         self._key = signing_key
         self.bucket = bucket
         self.history = history
@@ -109,6 +124,7 @@ class SpecPublisher:
         if nc is None:
             raise PublishUnavailable("not connected to NATS")
         key = spec.cluster_name
+        await self._put_bundles(nc, spec)
         value = sign(spec, self._key)
         try:
             async with asyncio.timeout(self.timeout):
@@ -127,6 +143,62 @@ class SpecPublisher:
             self._kv = None  # the bucket may have been removed: look it up again next time
             raise PublishUnavailable(f"publishing {key} revision {spec.revision} failed: "
                                      f"{_describe(e)}") from e
+
+    async def _put_bundles(self, nc: Client, spec: ClusterSpec) -> None:
+        """Every bundle the spec refers to, in the Object Store before the spec that names it
+        (an agent never sees a reference it cannot fetch). Bundles are immutable and named by
+        digest: one already there is never written again."""
+        refs = [a for a in (spec.profile.addons if spec.profile else ())
+                if a.bundle.digest not in self._stored]
+        if not refs:
+            return
+        try:
+            async with asyncio.timeout(self.bundle_timeout):
+                store = await self._bundle_store(nc)
+                for addon in refs:
+                    ref = addon.bundle
+                    try:
+                        info = await store.get_info(ref.digest)
+                        present = info.size == ref.size
+                    except nats.js.errors.ObjectNotFoundError:
+                        present = False
+                    if not present:
+                        data = self.bundles(ref.digest)
+                        if data is None:
+                            raise PublishError(
+                                f"the bundle of add-on {addon.name} ({ref.digest}) is neither "
+                                "in the bundle store nor rendered here; re-render its profile")
+                        await store.put(ref.digest, data)
+                        log.info("stored bundle %s of add-on %s (%d bytes)", ref.digest,
+                                 addon.name, ref.size)
+                    self._stored.add(ref.digest)
+        except TimeoutError as e:
+            self._objects = None
+            raise PublishUnavailable(f"NATS did not store the bundles of {spec.cluster_name} "
+                                     f"within {self.bundle_timeout:g}s") from e
+        except nats.errors.Error as e:
+            self._objects = None
+            raise PublishUnavailable(f"storing the bundles of {spec.cluster_name} failed: "
+                                     f"{_describe(e)}") from e
+
+    async def _bundle_store(self, nc: Client) -> ObjectStore:
+        if self._objects is not None and self._objects[0] is nc:
+            return self._objects[1]
+        js = nc.jetstream(timeout=self.timeout)
+        try:
+            store = await js.object_store(self.bundle_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                store = await js.create_object_store(self.bundle_bucket, ObjectStoreConfig(
+                    bucket=self.bundle_bucket, storage=StorageType.FILE,
+                    description="Outpost add-on bundles, named by sha256 digest"))
+                log.info("created object store %s", self.bundle_bucket)
+            except nats.js.errors.BadRequestError as e:
+                if e.err_code != JS_STREAM_NAME_IN_USE:
+                    raise
+                store = await js.object_store(self.bundle_bucket)
+        self._objects = (nc, store)
+        return store
 
     async def _on_wrong_revision(self, kv: KeyValue, spec: ClusterSpec, value: bytes,
                                  expected: int | None) -> int:

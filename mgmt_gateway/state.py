@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError
 from agent.kube import AlreadyExists, KubeClient, NotFound
 from agent.kube import resources as r
 from agent.spec import ClusterSpec, explain
-from agent.spec.models import Model
+from agent.spec.base import Model
 
 Phase = Literal["Requested", "CapiCreated", "FirstControlPlaneReady", "AgentInstalled",
                 "Pivoted", "Managed", "Deleting", "Failed"]

@@ -215,6 +215,17 @@ class ApiKubeClient:
             resp.close()  # close, not release: an unfinished stream must not go back to the pool
 
     # -- writes ----------------------------------------------------------------------------
+    async def resources(self, api_version: str) -> builtins.list[Resource]:
+        """The resource types one group-version serves (discovery), subresources left out;
+        NotFound when the server does not serve that group-version (yet: a CRD just created
+        is served once it is Established)."""
+        group, _, version = api_version.rpartition("/")
+        path = f"/apis/{api_version}" if group else f"/api/{version}"
+        doc = await self._request("discovery", "GET", path)
+        return [Resource(group, version, str(r["name"]), str(r["kind"]),
+                         bool(r.get("namespaced")))
+                for r in doc.get("resources") or () if "/" not in str(r.get("name", "/"))]
+
     async def create(self, res: Resource, obj: Obj, *, field_manager: str | None = None) -> Obj:
         """Create `obj` in its own metadata.namespace; returns the stored object."""
         query = [("fieldManager", field_manager)] if field_manager else []
@@ -440,7 +451,10 @@ def _error(code: int, status: Obj, what: str) -> KubeError:
         cls = Invalid
     else:
         cls = KubeError
-    return cls(text, code, reason)
+    details = status.get("details") if isinstance(status.get("details"), dict) else {}
+    causes = tuple((str(c.get("field") or ""), str(c.get("message") or ""))
+                   for c in (details or {}).get("causes") or () if isinstance(c, dict))
+    return cls(text, code, reason, causes)
 
 
 def _describe(e: BaseException) -> str:

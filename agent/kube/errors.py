@@ -6,10 +6,14 @@ from __future__ import annotations
 class KubeError(Exception):
     """An API call failed; `status` is the HTTP code (0 when the server was not reached)."""
 
-    def __init__(self, message: str, status: int = 0, reason: str = "") -> None:
+    def __init__(self, message: str, status: int = 0, reason: str = "",
+                 causes: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        #: (field, message) of each cause the server gave, e.g. the fields of a server-side
+        #: apply conflict: (".spec.replicas", 'conflict with "kubectl-edit" using apps/v1').
+        self.causes = causes
 
 
 class NotFound(KubeError):

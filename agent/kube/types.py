@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -53,6 +54,10 @@ class KubeClient(Protocol):
               label_selector: str | None = None, resource_version: str | None = None,
               timeout_seconds: int = 300) -> AsyncGenerator[WatchEvent, None]:
         """Events after `resource_version`; ends when the server ends the stream; raises Gone."""
+        ...
+
+    async def resources(self, api_version: str) -> builtins.list[Resource]:
+        """Discovery: the resource types `api_version` serves; NotFound when it serves none."""
         ...
 
     async def create(self, res: Resource, obj: Obj) -> Obj: ...

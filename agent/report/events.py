@@ -12,7 +12,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
-from agent.spec.models import Model
+from agent.spec.base import Model
 
 __all__ = ["MAX_MESSAGE_CHARS", "AgentEvent", "EventType", "Reason"]
 

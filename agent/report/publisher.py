@@ -55,7 +55,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from agent.runtime.backoff import Backoff
-from agent.spec.models import DNS_LABEL
+from agent.spec.base import DNS_LABEL
 from agent.spec.status import StatusReport
 from agent.spec.wire import (
     EVENTS_DUPLICATE_WINDOW,

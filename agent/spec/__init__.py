@@ -1,5 +1,6 @@
 """The contract shared by the gateway and the agent: models, signed envelope, status. No I/O."""
 
+from .addons import Addon, Bundle, BundleRef, ClusterProfile, HealthRule, Hook, IgnoreRule
 from .envelope import (
     EnvelopeError,
     SignedSpec,
@@ -13,9 +14,7 @@ from .envelope import (
     verify,
 )
 from .models import (
-    Addon,
     CertificatePolicy,
-    ClusterProfile,
     ClusterSpec,
     ControlPlane,
     DevInfrastructure,
@@ -28,9 +27,34 @@ from .models import (
 from .status import Condition, PoolStatus, ReplicaStatus, StatusReport
 
 __all__ = [
-    "Addon", "CertificatePolicy", "ClusterProfile", "ClusterSpec", "Condition", "ControlPlane",
-    "DevInfrastructure", "DevMachine", "EnvelopeError", "PoolStatus", "ReplicaStatus",
-    "SignedSpec", "StatusReport", "VSphereInfrastructure", "VSphereMachine", "WorkerPool",
-    "canonical_bytes", "explain", "key_id", "load_public_keys", "parse_envelope",
-    "public_key_text", "sign", "verify", "version_tuple",
+    "Addon",
+    "Bundle",
+    "BundleRef",
+    "CertificatePolicy",
+    "ClusterProfile",
+    "ClusterSpec",
+    "Condition",
+    "ControlPlane",
+    "DevInfrastructure",
+    "DevMachine",
+    "EnvelopeError",
+    "HealthRule",
+    "Hook",
+    "IgnoreRule",
+    "PoolStatus",
+    "ReplicaStatus",
+    "SignedSpec",
+    "StatusReport",
+    "VSphereInfrastructure",
+    "VSphereMachine",
+    "WorkerPool",
+    "canonical_bytes",
+    "explain",
+    "key_id",
+    "load_public_keys",
+    "parse_envelope",
+    "public_key_text",
+    "sign",
+    "verify",
+    "version_tuple",
 ]

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import Field, ValidationError
 
-from .models import ClusterSpec, Model
+from .base import Model
+from .models import ClusterSpec
 
 DOMAIN = b"outpost.spec.v1\n"
 

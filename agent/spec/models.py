@@ -11,32 +11,16 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import AfterValidator, Field, model_validator
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+from .addons import ClusterProfile
+from .base import Model, Namespace, dns_label
+
 SEMVER = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 SSH_KEY = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
     r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?$"
 )
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel,
-                              populate_by_name=True, str_strip_whitespace=False)
-
-
-def _dns_label(max_len: int) -> AfterValidator:
-    def check(value: str) -> str:
-        if len(value) > max_len or not DNS_LABEL.match(value):
-            raise ValueError(
-                f"must be a DNS-1123 label of at most {max_len} characters: lower-case letters, "
-                "digits and '-', starting and ending with a letter or digit"
-            )
-        return value
-
-    return AfterValidator(check)
 
 
 def version_problem(value: str) -> str | None:
@@ -78,9 +62,8 @@ def _ssh_key(value: str) -> str:
     return value.strip()
 
 
-ClusterName = Annotated[str, _dns_label(40)]
-PoolName = Annotated[str, _dns_label(20)]
-Namespace = Annotated[str, _dns_label(63)]
+ClusterName = Annotated[str, dns_label(40)]
+PoolName = Annotated[str, dns_label(20)]
 KubeVersion = Annotated[str, AfterValidator(_semver)]
 SshKey = Annotated[str, AfterValidator(_ssh_key)]
 
@@ -150,37 +133,6 @@ class WorkerPool(Model):
     machine: MachineTemplate
     version: KubeVersion | None = Field(
         default=None, description="defaults to the cluster's Kubernetes version")
-
-
-class Addon(Model):
-    name: Annotated[str, _dns_label(63)]
-    version: Annotated[str, Field(min_length=1)]
-    order: Annotated[int, Field(ge=0, le=1000)] = 0
-    namespace: Namespace | None = None
-    manifests: tuple[dict[str, object], ...] = ()
-
-    @model_validator(mode="after")
-    def _manifests_are_objects(self) -> Addon:
-        for i, m in enumerate(self.manifests):
-            meta = m.get("metadata")
-            if not (m.get("apiVersion") and m.get("kind") and isinstance(meta, dict)
-                    and meta.get("name")):
-                raise ValueError(f"manifests[{i}] must have apiVersion, kind and metadata.name")
-        return self
-
-
-class ClusterProfile(Model):
-    name: Annotated[str, _dns_label(63)]
-    version: Annotated[str, Field(min_length=1)]
-    addons: tuple[Addon, ...] = ()
-
-    @model_validator(mode="after")
-    def _unique_addons(self) -> ClusterProfile:
-        names = [a.name for a in self.addons]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"add-on names must be unique; repeated: {', '.join(dupes)}")
-        return self
 
 
 class CertificatePolicy(Model):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .models import Model
+from .base import Model
 
 Phase = Literal["Pending", "Applying", "Converged", "Degraded"]
 
@@ -31,6 +31,21 @@ class PoolStatus(ReplicaStatus):
     name: str
 
 
+AddonPhase = Literal["Pending", "Applying", "Ready", "Degraded", "Failed", "Pruning"]
+
+
+class AddonStatus(Model):
+    """Where one add-on of the profile stands on the cluster."""
+
+    name: str
+    version: str = ""
+    digest: str = ""
+    phase: AddonPhase
+    objects: Annotated[int, Field(ge=0)] = 0
+    message: str = ""
+    last_error: str | None = None
+
+
 class StatusReport(Model):
     cluster: str
     observed_revision: Annotated[int, Field(ge=0)] = Field(
@@ -41,6 +56,7 @@ class StatusReport(Model):
     conditions: tuple[Condition, ...] = ()
     control_plane: ReplicaStatus | None = None
     workers: tuple[PoolStatus, ...] = ()
+    addons: tuple[AddonStatus, ...] = ()
     last_error: str | None = None
     connected: bool
     agent_version: str

@@ -11,6 +11,9 @@ SPECS_BUCKET: Final = "outpost-specs"
 """KV bucket of signed specs, one key per cluster (the agent reads only its own key)."""
 SPECS_HISTORY: Final = 10
 """Past envelopes kept per cluster: enough to see what was published recently, bounded."""
+BUNDLES_BUCKET: Final = "outpost-bundles"
+"""Object Store of add-on bundles, each named by its sha256 digest ("sha256:<hex>") and never
+rewritten: the signed spec names the digest, so a bundle can be checked wherever it comes from."""
 STATUS_BUCKET: Final = "outpost-status"
 """KV bucket of agent status reports, one key per cluster, history 1."""
 EVENTS_STREAM: Final = "OUTPOST_EVENTS"

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from agent.kube import AlreadyExists, Conflict, Invalid, KubeError, Transient
 from agent.kube import resources as r
 from agent.spec import ClusterSpec, version_tuple
-from agent.spec.models import DNS_LABEL, Namespace
+from agent.spec.base import DNS_LABEL, Namespace
 
 from ..clusters import MANAGER, ClusterRequest, OutpostClusterSpec, spec_hash
 from ..publish import ObservedStatus

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from agent.spec import ClusterSpec, Condition, StatusReport
-from agent.spec.models import Model
+from agent.spec.base import Model
 
 from ..state import Phase
 

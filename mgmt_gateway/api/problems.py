@@ -16,7 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
-from agent.spec.models import Model
+from agent.spec.base import Model
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://outpost.io/problems/"

@@ -9,6 +9,7 @@ step so a dead target surfaces as an error instead of a hang.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -98,6 +99,10 @@ class CountingClient:
     async def create(self, res: Resource, obj: Obj) -> Obj:
         self.calls += 1
         return await self.inner.create(res, obj)
+
+    async def resources(self, api_version: str) -> builtins.list[Resource]:
+        self.calls += 1
+        return await self.inner.resources(api_version)
 
     async def apply(self, res: Resource, obj: Obj, *, field_manager: str,
                     force: bool = False) -> Obj:

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agent.spec import ClusterSpec, load_public_keys, public_key_text
+
+from .yamldocs import parse_documents
 
 Obj = dict[str, Any]
 
@@ -52,22 +52,7 @@ _KUSTOMIZE = "kustomize.config.k8s.io/"
 
 def _documents(path: Path) -> list[Obj]:
     """The YAML documents of a file, with `kind: List` flattened."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        docs = list(yaml.load_all(path.read_text(), Loader=loader))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from e
-    out: list[Obj] = []
-    for i, doc in enumerate(docs):
-        if doc is None:
-            continue
-        if not isinstance(doc, dict):
-            raise ValueError(f"{path}: document {i} is not a mapping")
-        if str(doc.get("kind", "")).endswith("List") and isinstance(doc.get("items"), list):
-            out += [item for item in doc["items"] if item]
-        else:
-            out.append(doc)
-    return out
+    return parse_documents(path.read_text(), str(path))
 
 
 def _objects(path: Path) -> list[Obj]:

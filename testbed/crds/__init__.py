@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from mgmt_gateway.render.yamldocs import KubeLoader
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -38,8 +40,7 @@ def crd_files(*providers: str) -> list[Path]:
 
 @functools.cache
 def _parsed(path: Path) -> tuple[dict[str, Any], ...]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return tuple(d for d in yaml.load_all(path.read_text(), Loader=loader) if d)
+    return tuple(d for d in yaml.load_all(path.read_text(), Loader=KubeLoader) if d)
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
