@@ -23,11 +23,14 @@ from pydantic import ValidationError
 
 from agent.http import make_app
 from agent.intake import Intake, WatcherSettings
+from agent.intake.bundles import BundleFetcher, ContentStore
 from agent.kube import ApiKubeClient, KubeClient, KubeError
 from agent.kube import resources as r
 from agent.metrics import Metrics
 from agent.plan.certs import earliest_expiry
 from agent.reconcile import PassResult, TopologyController
+from agent.reconcile.addons import AddonController
+from agent.reconcile.inventory import InventoryStore
 from agent.report import EventType, Outbox, Publisher, compute_status
 from agent.report.status import note_conditions
 from agent.runtime import LeaderElector
@@ -80,6 +83,15 @@ class Agent:
             kube, lambda: self.intake.desired, on_pass=self._on_pass,
             is_leader=lambda: self.elector is None or self.elector.is_leader,
             resync=settings.resync_seconds)
+        self.bundles = ContentStore(state / "bundles")
+        self.addons = AddonController(
+            kube, lambda: self.intake.desired, self.bundles,
+            InventoryStore(state / "addons", kube, settings.agent_namespace),
+            fetcher=BundleFetcher(lambda: self.intake.watcher.status_nc, self.bundles),
+            is_leader=lambda: self.elector is None or self.elector.is_leader,
+            on_change=self._addons_changed, resync=settings.resync_seconds,
+            retry=min(2.0, settings.retry_max_seconds))
+        self._addon_phases: dict[str, str] = {}
         self.supervisor = Supervisor(component="agent", registry=self.metrics.registry,
                                      backoff_max=settings.retry_max_seconds)
         self.ready = False
@@ -110,6 +122,7 @@ class Agent:
         self.metrics.revision_desired.set(spec.revision)
         log.info("desired spec revision %d", spec.revision, extra={"revision": spec.revision})
         self.controller.trigger("new desired spec")
+        self.addons.trigger()
         self._spawn(self.publisher.emit("SpecAccepted", f"spec revision {spec.revision} "
                                         "accepted", revision=spec.revision))
 
@@ -125,6 +138,7 @@ class Agent:
         self.metrics.leader.set(1 if leader else 0)
         if leader:
             self.controller.trigger("became leader")
+            self.addons.trigger()
 
     async def _on_pass(self, result: PassResult) -> None:
         self.last_pass = result
@@ -182,6 +196,29 @@ class Agent:
             self._spawn(self._kube_event("Normal", "ConditionCleared", message))
         self.notes = notes
 
+    def _addons_changed(self) -> None:
+        """An add-on's status changed: metrics, an Event per phase change, a report."""
+        report = self.addons.report()
+        for phase in ("Pending", "Applying", "Ready", "Degraded", "Failed", "Pruning"):
+            self.metrics.addons.labels(phase=phase).set(sum(a.phase == phase for a in report))
+        self.metrics.addon_writes.set(self.addons.writes)
+        if self.addons.fetcher is not None:
+            self.metrics.bundle_bytes.set(self.addons.fetcher.fetched_bytes)
+        now = {a.name: a for a in report}
+        for name, a in now.items():
+            if self._addon_phases.get(name) == a.phase:
+                continue
+            self._addon_phases[name] = a.phase
+            kind: EventType = "Warning" if a.phase in ("Degraded", "Failed") else "Normal"
+            text = f"add-on {name} {a.version}: {a.phase}" + (
+                f": {a.last_error or a.message}" if (a.last_error or a.message) else "")
+            self._spawn(self.publisher.emit(f"Addon{a.phase}", text, type=kind))
+            self._spawn(self._kube_event(kind, f"Addon{a.phase}", text))
+        for name in set(self._addon_phases) - set(now):
+            del self._addon_phases[name]
+            self._spawn(self._kube_event("Normal", "AddonRemoved", f"add-on {name} removed"))
+        self._spawn(self._report(force=True))
+
     def _ns(self) -> str:
         spec = self.intake.desired
         return spec.namespace if spec else ""
@@ -202,7 +239,8 @@ class Agent:
             rejected_revision=rej.revision if rej else None,
             rejection=f"{rej.reason}: {rej.message}" if rej else None,
             connected=self.intake.watcher.connected, agent_version=self.version,
-            now=datetime.now(UTC), previous=self.last_status, notes=self.notes.items())
+            now=datetime.now(UTC), previous=self.last_status, notes=self.notes.items(),
+            addons=self.addons.report())
         unchanged = self.last_status is not None and status.model_copy(
             update={"reported_at": self.last_status.reported_at}) == self.last_status
         due = loop.time() - self._last_status_at >= self.settings.status_interval_seconds
@@ -279,6 +317,15 @@ class Agent:
                 liveness=live)
         sup.add("reconcile-resync", c.resync_loop)
         sup.add("informers", lambda: c.informers_loop(sup.heartbeat("informers")),
+                liveness=live)
+        a = self.addons
+        for i in range(2):  # one add-on failing or slow never holds the others
+            name = f"addon-worker-{i}"
+            sup.add(name, lambda n=name: a.worker(sup.heartbeat(n)),  # type: ignore[misc]
+                    liveness=live)
+        sup.add("addon-resync", a.resync_loop)
+        sup.add("addon-fetch", a.fetch_loop)
+        sup.add("addon-watches", lambda: a.watches.run(sup.heartbeat("addon-watches")),
                 liveness=live)
 
     async def run(self, stop: asyncio.Event) -> int:

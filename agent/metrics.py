@@ -54,3 +54,13 @@ class Metrics:
         self.cache_corrupt = Counter(
             "outpost_agent_spec_cache_corrupt_total",
             "Corrupt spec cache files detected at load.", registry=r)
+        self.addons = Gauge(
+            "outpost_agent_addons", "Add-ons of the profile, by phase.", ["phase"], registry=r)
+        for phase in ("Pending", "Applying", "Ready", "Degraded", "Failed", "Pruning"):
+            self.addons.labels(phase=phase)
+        self.addon_writes = Gauge(
+            "outpost_agent_addon_writes", "API writes the add-on controller has made since the "
+            "agent started (applies, deletes); flat once converged.", registry=r)
+        self.bundle_bytes = Gauge(
+            "outpost_agent_bundle_fetched_bytes", "Bundle bytes fetched from NATS since the "
+            "agent started.", registry=r)

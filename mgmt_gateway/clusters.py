@@ -353,13 +353,20 @@ def status_of(rec: ClusterRecord | None, obj: Obj, *, spec_digest: str | None,
                     "observedRevision": report.observed_revision,
                     "connected": agent.connected, "lastSeen": _time(agent.last_seen),
                     "agentVersion": report.agent_version, "agentPhase": report.phase})
+        if report.addons:
+            out["addons"] = [{k: v for k, v in {
+                "name": a.name, "version": a.version, "digest": a.digest, "phase": a.phase,
+                "objects": a.objects, "message": a.message or None,
+                "lastError": a.last_error}.items() if v is not None} for a in report.addons]
+        else:
+            out.pop("addons", None)
         for c in report.conditions:
             if c.type in ("Ready", "SpecAccepted"):
                 continue
             conditions.append(_agent_condition(c, generation))
     else:
         for key in ("appliedRevision", "observedRevision", "lastSeen", "agentVersion",
-                    "agentPhase"):
+                    "agentPhase", "addons"):
             if key in old:
                 out[key] = old[key]
         out["connected"] = False

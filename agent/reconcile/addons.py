@@ -175,6 +175,10 @@ class AddonController:
                 except (BundleError, OSError) as e:
                     missing = True
                     log.error("bundle of add-on %s cannot be fetched: %s", addon.name, e)
+            if not missing and self.desired() is not None:
+                removed = await asyncio.to_thread(self.store.retain, self.retained_digests())
+                if removed:
+                    log.info("removed %d bundle(s) no add-on needs any more", len(removed))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fetch_now.wait(), self.retry if missing else 60.0)
 

@@ -24,7 +24,14 @@ from typing import Any, Final, Literal
 
 from agent.plan.types import dig
 from agent.spec.models import ClusterSpec
-from agent.spec.status import Condition, Phase, PoolStatus, ReplicaStatus, StatusReport
+from agent.spec.status import (
+    AddonStatus,
+    Condition,
+    Phase,
+    PoolStatus,
+    ReplicaStatus,
+    StatusReport,
+)
 
 __all__ = [
     "CONDITION_TYPES",
@@ -41,7 +48,7 @@ MAX_ERROR_CHARS: Final = 4096
 """Status is one bounded outbox record and one KV value: long texts are cut, not refused."""
 
 CONDITION_TYPES: Final = ("Ready", "SpecAccepted", "SpecApplied", "ControlPlaneReady",
-                          "WorkersReady", "Reconciled", "Connected")
+                          "WorkersReady", "AddonsReady", "Reconciled", "Connected")
 
 CondStatus = Literal["True", "False", "Unknown"]
 
@@ -202,6 +209,24 @@ def note_conditions(notes: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {reason: "; ".join(messages) for reason, messages in grouped.items()}
 
 
+def _addons(spec: ClusterSpec | None, addons: tuple[AddonStatus, ...]) -> _Verdict:
+    wanted = {a.name for a in spec.profile.addons} if spec and spec.profile else set()
+    if not wanted and not addons:
+        return _Verdict("True", "NoAddons", "the profile has no add-ons")
+    by_name = {a.name: a for a in addons}
+    bad = [a for a in addons if a.phase in ("Failed", "Degraded")]
+    if bad:
+        return _Verdict("False", "AddonsDegraded", "; ".join(
+            f"{a.name} {a.phase}: {a.last_error or a.message}" for a in bad))
+    pending = sorted(n for n in wanted if (by_name.get(n) is None
+                                           or by_name[n].phase != "Ready"))
+    pending += sorted(a.name for a in addons if a.name not in wanted)  # being removed
+    if pending:
+        return _Verdict("False", "AddonsProgressing", "; ".join(
+            f"{n}: {by_name[n].message if n in by_name else 'pending'}" for n in pending))
+    return _Verdict("True", "AddonsReady", f"{len(wanted)} add-on(s) ready")
+
+
 def compute_status(
     cluster: str,
     spec: ClusterSpec | None,
@@ -218,6 +243,7 @@ def compute_status(
     now: datetime,
     previous: StatusReport | None = None,
     notes: Iterable[tuple[str, str]] = (),
+    addons: Iterable[AddonStatus] = (),
 ) -> StatusReport:
     """The report for ``cluster`` (see the module doc for the phases).
 
@@ -236,6 +262,8 @@ def compute_status(
 
     cp_status, cp = _control_plane(cluster, spec, control_plane)
     workers, wk = _workers(cluster, spec, machine_deployments)
+    addon_list = tuple(addons)
+    ad = _addons(spec, addon_list)
 
     if rejected_newest:
         why = f": {rejection}" if rejection else ""
@@ -268,16 +296,19 @@ def compute_status(
     elif spec is None:
         phase = "Pending"
         ready = _Verdict("False", "Pending", "no spec received yet")
-    elif not (applied.ok and cp.ok and wk.ok):
+    elif ad.reason == "AddonsDegraded":
+        phase = "Degraded"
+        ready = _Verdict("False", "Degraded", ad.message)
+    elif not (applied.ok and cp.ok and wk.ok and ad.ok):
         phase = "Applying"
-        first = next(v for v in (applied, cp, wk) if not v.ok)
+        first = next(v for v in (applied, cp, wk, ad) if not v.ok)
         ready = _Verdict("False", "Applying", first.message)
     else:
         phase = "Converged"
         ready = _Verdict("True", "Converged", f"revision {spec.revision} converged")
 
-    verdicts = dict(zip(CONDITION_TYPES, (ready, accepted, applied, cp, wk, reconciled, link),
-                        strict=True))
+    verdicts = dict(zip(CONDITION_TYPES, (ready, accepted, applied, cp, wk, ad, reconciled,
+                                          link), strict=True))
     for reason, messages in note_conditions(notes).items():
         verdicts.setdefault(reason, _Verdict("True", reason, messages))
     before = {c.type: c for c in previous.conditions} if previous else {}
@@ -297,6 +328,7 @@ def compute_status(
         conditions=tuple(conditions),
         control_plane=cp_status,
         workers=workers,
+        addons=addon_list,
         last_error=error,
         connected=connected,
         agent_version=agent_version,
