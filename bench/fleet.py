@@ -24,7 +24,6 @@ import contextlib
 import os
 import random
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -44,9 +43,9 @@ from mgmt_gateway.clusters import FINALIZER, OUTPOST_CLUSTER
 from testbed.apiserver import ApiServer
 from testbed.crds import gateway_crd_files
 from testbed.demo import request
+from testbed.gateway import GatewayProcess
 from testbed.kubeconfig import write_kubeconfig
 from testbed.natsd import NatsServer
-from testbed.procs import tied_to_parent
 
 SIZES = (100, 1_000, 10_000)
 EDITS = 200
@@ -55,7 +54,6 @@ QUIET = 30.0  # seconds of steady state observed
 NS = "fleet"
 GATEWAY = "outpost-gateway"
 BENCH = "outpost-bench"
-_PORT = re.compile(r"listening on port (\d+)")
 _OK = re.compile(r'^outpost_gateway_reconciles_total\{result="ok"\} (\S+)$', re.M)
 
 
@@ -81,66 +79,6 @@ def _seed(server: ApiServer, n: int) -> None:
         obj["status"] = {"phase": "Managed", "steps": [
             {"phase": "Managed", "startedAt": at, "finishedAt": at, "detail": "adopted"}]}
         reg.update(rt, NS, name, obj, subresource="status", manager=BENCH)
-
-
-class GatewayProcess:
-    """`outpost-gateway` as a child process; its port is read from its log."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port: int | None = None
-        self._log: asyncio.Task[None] | None = None
-        self._port_seen = asyncio.Event()
-        self.tail: list[str] = []
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *tied_to_parent([sys.executable, "-m", "mgmt_gateway.daemon"]),
-            env={**os.environ, **self.env}, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
-        self._port_seen.clear()
-        self._log = asyncio.create_task(self._read())
-        try:
-            await asyncio.wait_for(self._port_seen.wait(), 60)
-        except TimeoutError:
-            raise RuntimeError("the gateway did not start:\n" + "\n".join(self.tail)) from None
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.tail = [*self.tail[-30:], line]
-            m = _PORT.search(line)
-            if m:
-                self.port = int(m.group(1))
-                self._port_seen.set()
-
-    async def reconciled(self, http: aiohttp.ClientSession) -> float:
-        """Its count of successful reconcile passes, from /metrics."""
-        async with http.get(f"http://127.0.0.1:{self.port}/metrics") as resp:
-            m = _OK.search(await resp.text())
-        return float(m.group(1)) if m else 0.0
-
-    def memory_mib(self) -> tuple[float, float]:
-        """(VmRSS, VmHWM) in MiB."""
-        assert self.proc is not None
-        fields = dict(line.split(":", 1) for line in
-                      Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
-                      if ":" in line)
-        return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._log is not None:
-            self._log.cancel()
-            await asyncio.gather(self._log, return_exceptions=True)
 
 
 class Published:
@@ -179,6 +117,13 @@ def _writes(calls: Counter[tuple[str, str]], *, leases: bool = False) -> int:
     return sum(n for (verb, res), n in calls.items()
                if verb in ("create", "update", "patch", "delete")
                and (leases or res != "leases"))
+
+
+async def _reconciled(port: int | None, http: aiohttp.ClientSession) -> float:
+    """The gateway's count of successful reconcile passes, from its /metrics."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        m = _OK.search(await resp.text())
+    return float(m.group(1)) if m else 0.0
 
 
 async def _until(ready: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
@@ -334,7 +279,7 @@ async def _size(n: int, root: Path) -> float:
         g = gateway
 
         async def all_reconciled() -> bool:
-            return await g.reconciled(http) >= n
+            return await _reconciled(g.port, http) >= n
 
         # A fresh process has no lease; the old holder released it on SIGTERM.
         await _until(all_reconciled, 60 + n * 0.05, "every cluster reconciled after restart")

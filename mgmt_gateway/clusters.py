@@ -17,13 +17,13 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError
 
 from agent.kube import Obj, Resource
 from agent.spec import ClusterSpec, Condition, StatusReport, explain
-from agent.spec.addons import Addon, AddonName, ClusterProfile, HealthRule, IgnoreRule
+from agent.spec.addons import ClusterProfile
 from agent.spec.base import Model, Namespace
 from agent.spec.models import (
     CertificatePolicy,
@@ -35,7 +35,8 @@ from agent.spec.models import (
     WorkerPool,
 )
 
-from .render.addons import RenderError, build_bundle
+from .profiles import NotRendered, Profile, RenderContext, profile_of
+from .render.addons import RenderError
 from .state import ClusterRecord, Phase, StepRecord
 
 GROUP = "outpost.io"
@@ -102,51 +103,6 @@ def cluster_object(name: str, namespace: str, spec: Mapping[str, Any]) -> Obj:
             "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
 
 
-class ProfileAddon(Model):
-    """One add-on of a ClusterProfile, as the resource holds it: where its content comes from
-    and how the agent keeps it. The signed spec gets a reference to its rendered bundle."""
-
-    name: AddonName
-    version: str = Field(min_length=1, max_length=128)
-    order: int = Field(default=0, ge=0, le=1000)
-    namespace: Namespace | None = None
-    manifests: tuple[dict[str, Any], ...] = Field(
-        default=(), description="the add-on's objects, in the order to apply them")
-    health: tuple[HealthRule, ...] = ()
-    ignore: tuple[IgnoreRule, ...] = ()
-    timeout_seconds: int = Field(default=600, ge=10, le=86_400)
-    on_failure: Literal["Rollback", "Hold"] = "Rollback"
-    prune_volumes: bool = False
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A ClusterProfile rendered: what the spec says, and the bundles it refers to."""
-
-    spec: ClusterProfile
-    bundles: Mapping[str, bytes]  # digest -> the bundle's bytes
-
-
-def profile_of(obj: Obj) -> Profile:
-    """The add-ons of a ClusterProfile object, rendered into bundles; raises ValidationError
-    or RenderError (whose message names the add-on and the object at fault)."""
-    spec = obj.get("spec") or {}
-    addons: list[Addon] = []
-    bundles: dict[str, bytes] = {}
-    for raw in spec.get("addons") or ():
-        a = ProfileAddon.model_validate(raw)
-        rendered = build_bundle(a.name, a.version, a.manifests, namespace=a.namespace,
-                                source=f"add-on {a.name}")
-        bundles[rendered.ref.digest] = rendered.data
-        addons.append(Addon(
-            name=a.name, version=a.version, order=a.order, namespace=a.namespace,
-            bundle=rendered.ref, health=a.health, ignore=a.ignore,
-            timeout_seconds=a.timeout_seconds, on_failure=a.on_failure,
-            prune_volumes=a.prune_volumes))
-    return Profile(ClusterProfile.model_validate({
-        "name": spec.get("name"), "version": spec.get("version"), "addons": addons}), bundles)
-
-
 def spec_hash(spec: ClusterSpec) -> str:
     """Digest of the desired content, revision excluded: equal specs get equal hashes."""
     body = spec.model_dump(by_alias=True, mode="json", exclude={"revision"})
@@ -162,7 +118,8 @@ class Invalid:
     message: str
 
 
-def desired(obj: Obj, profiles: Sequence[Obj], render: Callable[[Obj], Profile] = profile_of,
+def desired(obj: Obj, profiles: Sequence[Obj],
+            render: Callable[[Obj, RenderContext], Profile] | None = None,
             ) -> tuple[ClusterSpec, str] | Invalid:
     """The desired ClusterSpec of an OutpostCluster (at its current or next revision) and its
     hash, or why there is none. `profiles` are the ClusterProfiles of its namespace; `render`
@@ -189,14 +146,20 @@ def desired(obj: Obj, profiles: Sequence[Obj], render: Callable[[Obj], Profile] 
             names = ", ".join(sorted(p["metadata"]["name"] for p in found))
             return Invalid("ProfileAmbiguous", f"several ClusterProfiles are {ref.name} "
                                                f"{ref.version} ({names}): delete all but one")
+        ctx = RenderContext(body.kubernetes_version, ref.values)
         try:
-            profile = render(found[0]).spec
+            profile = (render(found[0], ctx) if render is not None
+                       else profile_of(found[0], ctx)).spec
         except ValidationError as e:
             return Invalid("InvalidProfile", f"ClusterProfile {found[0]['metadata']['name']} "
                                              f"is invalid: {explain(e)}")
         except RenderError as e:
             return Invalid("InvalidProfile", f"ClusterProfile {found[0]['metadata']['name']} "
                                              f"cannot be rendered: {e}")
+        except NotRendered as e:
+            return Invalid("Rendering", f"add-on {e} of ClusterProfile "
+                                        f"{found[0]['metadata']['name']} is being fetched and "
+                                        "rendered")
     current = int(status.get("desiredRevision") or 0)
     try:
         trial = body.to_spec(name, namespace, max(current, 1), profile)

@@ -262,6 +262,7 @@ class ClusterController:
                               "resourceVersion": meta["resourceVersion"]}},
                 meta["namespace"], field_manager=MANAGER)
             self.fleet.clusters.store(obj)
+        await self.fleet.prepare(obj)  # charts, URLs, uploads: fetched and rendered once
         found = self.fleet.desired(obj)
         if isinstance(found, Invalid):
             self._invalid.add(key)

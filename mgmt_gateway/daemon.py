@@ -36,7 +36,9 @@ from .clusters import CLUSTER_PROFILE, MANAGER, OUTPOST_CLUSTER
 from .controller import ClusterController
 from .events import EventRecorder
 from .pivot import MemoryJournal, move
+from .profiles import Sources
 from .publish import SpecPublisher, StatusCollector, generate_signing_key, load_signing_key
+from .render.helm import Helm
 from .settings import GatewaySettings
 from .store import OutpostClusters
 
@@ -66,7 +68,9 @@ class Gateway:
             user_credentials=str(settings.nats_credentials) if settings.nats_credentials
             else None, backoff_initial=min(0.5, settings.retry_max_seconds),
             backoff_max=settings.retry_max_seconds))
-        self.fleet = OutpostClusters(management)
+        self.sources = Sources(Helm(settings.helm, settings.cache_dir / "charts"),
+                               lambda digest: self.publisher.get_content(digest))
+        self.fleet = OutpostClusters(management, sources=self.sources)
         self.publisher = SpecPublisher(self._nc, key, bundles=self.fleet.bundle)
         self.statuses = StatusCollector(self._nc, backoff_max=settings.retry_max_seconds)
         creds = (settings.agent_nats_credentials_file.read_text()
@@ -108,7 +112,7 @@ class Gateway:
         return make_app(ApiDeps(
             fleet=self.fleet, statuses=self.statuses, tokens=self.settings.tokens(),
             ready=lambda: self.ready, live=self.supervisor.liveness, registry=self.registry,
-            stale_after=self.settings.status_stale_seconds))
+            stale_after=self.settings.status_stale_seconds, upload=self.publisher.put_content))
 
     async def _adopt(self) -> None:
         """Once leading: adopt the ConfigMap records of an older gateway (retried on error)."""
@@ -192,6 +196,7 @@ class Gateway:
             if self.elector is not None:
                 await self.elector.release()
             await self.nats.stop()
+            await self.sources.close()
             await runner.cleanup()
 
 

@@ -40,8 +40,10 @@ from pydantic import ValidationError
 
 from agent.runtime import Backoff
 from agent.spec import ClusterSpec, EnvelopeError, StatusReport, explain, parse_envelope, sign
+from agent.spec.addons import digest_of
 from agent.spec.wire import (
     BUNDLES_BUCKET,
+    CONTENT_BUCKET,
     JS_STREAM_NAME_IN_USE,
     SPECS_BUCKET,
     SPECS_HISTORY,
@@ -184,21 +186,47 @@ class SpecPublisher:
     async def _bundle_store(self, nc: Client) -> ObjectStore:
         if self._objects is not None and self._objects[0] is nc:
             return self._objects[1]
-        js = nc.jetstream(timeout=self.timeout)
-        try:
-            store = await js.object_store(self.bundle_bucket)
-        except nats.js.errors.BucketNotFoundError:
-            try:
-                store = await js.create_object_store(self.bundle_bucket, ObjectStoreConfig(
-                    bucket=self.bundle_bucket, storage=StorageType.FILE,
-                    description="Outpost add-on bundles, named by sha256 digest"))
-                log.info("created object store %s", self.bundle_bucket)
-            except nats.js.errors.BadRequestError as e:
-                if e.err_code != JS_STREAM_NAME_IN_USE:
-                    raise
-                store = await js.object_store(self.bundle_bucket)
+        store = await _object_store(nc, self.bundle_bucket, self.timeout,
+                                    "Outpost add-on bundles, named by sha256 digest")
         self._objects = (nc, store)
         return store
+
+    # -- uploaded content -------------------------------------------------------------------
+    async def put_content(self, data: bytes) -> str:
+        """Store uploaded content under its digest (idempotent); raises PublishUnavailable."""
+        nc = _connected(self._nc_provider)
+        if nc is None:
+            raise PublishUnavailable("not connected to NATS")
+        digest = digest_of(data)
+        try:
+            async with asyncio.timeout(self.bundle_timeout):
+                store = await _object_store(nc, CONTENT_BUCKET, self.timeout,
+                                            "Outpost uploaded add-on content, by sha256")
+                try:
+                    info = await store.get_info(digest)
+                    if info.size == len(data):
+                        return digest
+                except nats.js.errors.ObjectNotFoundError:
+                    pass
+                await store.put(digest, data)
+        except (TimeoutError, nats.errors.Error) as e:
+            raise PublishUnavailable(f"storing uploaded content failed: {_describe(e)}") from e
+        log.info("stored uploaded content %s (%d bytes)", digest, len(data))
+        return digest
+
+    async def get_content(self, digest: str) -> bytes | None:
+        """Uploaded content by digest; None when there is none; raises PublishUnavailable."""
+        nc = _connected(self._nc_provider)
+        if nc is None:
+            raise PublishUnavailable("not connected to NATS")
+        try:
+            async with asyncio.timeout(self.bundle_timeout):
+                store = await nc.jetstream(timeout=self.timeout).object_store(CONTENT_BUCKET)
+                return bytes((await store.get(digest)).data or b"")
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
+            return None
+        except (TimeoutError, nats.errors.Error) as e:
+            raise PublishUnavailable(f"reading uploaded content failed: {_describe(e)}") from e
 
     async def _on_wrong_revision(self, kv: KeyValue, spec: ClusterSpec, value: bytes,
                                  expected: int | None) -> int:
@@ -256,6 +284,24 @@ class SpecPublisher:
                 kv = await js.key_value(self.bucket)  # another replica created it first
         self._kv = (nc, kv)
         return kv
+
+
+async def _object_store(nc: Client, bucket: str, timeout: float,
+                        description: str) -> ObjectStore:
+    """An Object Store bucket, created on first use (idempotent across replicas)."""
+    js = nc.jetstream(timeout=timeout)
+    try:
+        return await js.object_store(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            store = await js.create_object_store(bucket, ObjectStoreConfig(
+                bucket=bucket, storage=StorageType.FILE, description=description))
+            log.info("created object store %s", bucket)
+            return store
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != JS_STREAM_NAME_IN_USE:
+                raise
+            return await js.object_store(bucket)
 
 
 # -- status ----------------------------------------------------------------------------------

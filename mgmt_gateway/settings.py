@@ -72,6 +72,10 @@ class GatewaySettings(BaseSettings):
     last_seen_refresh_seconds: float = Field(
         default=600.0, ge=0,
         description="how often status.lastSeen alone is rewritten (the REST fleet view is exact)")
+    helm: str = Field(default="helm",
+                      description="the helm (v4) binary that renders chart add-ons")
+    cache_dir: Path = Field(default=Path("/var/cache/outpost-gateway"),
+                            description="pulled Helm charts (a cache: safe to lose)")
     step_timeout_seconds: float = Field(default=1800.0, gt=0)
     retry_max_seconds: float = Field(
         default=30.0, gt=0,

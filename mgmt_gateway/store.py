@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -27,14 +28,13 @@ from .clusters import (
     OUTPOST_CLUSTER,
     AgentView,
     Invalid,
-    Profile,
     desired,
-    profile_of,
     record_of,
     same_status,
     spec_hash,
     status_of,
 )
+from .profiles import NotRendered, Profile, RenderContext, Sources, addons_of, profile_of
 from .render.addons import RenderError
 from .state import ClusterRecord, Scan, Unreadable, UnreadableRecord
 
@@ -69,7 +69,8 @@ class OutpostClusters:
     def __init__(self, kube: KubeClient, *, agents: AgentLookup = lambda name: None,
                  clock: Callable[[], datetime] = _now,
                  on_cluster: Callable[[str], None] | None = None,
-                 on_profile: Callable[[str], None] | None = None) -> None:
+                 on_profile: Callable[[str], None] | None = None,
+                 sources: Sources | None = None) -> None:
         self.kube = kube
         self.agents = agents
         self.clock = clock
@@ -78,7 +79,9 @@ class OutpostClusters:
                                  transform=_without_managed_fields)
         self.profiles = Informer(kube, CLUSTER_PROFILE, None, on_object=on_profile,
                                  indexers={"namespace": _namespace})
-        self._rendered: dict[tuple[str, str], Profile | Exception] = {}
+        self._rendered: dict[tuple[str, str, str], Profile | Exception] = {}
+        #: Fetches and renders add-on sources that are not inline (None: inline only).
+        self.sources = sources
 
     # -- reads ----------------------------------------------------------------------------
     async def synced(self, timeout: float = 3.0) -> None:
@@ -115,23 +118,52 @@ class OutpostClusters:
                                         "its NATS subjects); rename this one")
         return desired(obj, self.profiles_in(str(meta.get("namespace"))), self.rendered)
 
-    def rendered(self, profile: Obj) -> Profile:
-        """A ClusterProfile rendered once per version of the object (a published profile never
-        changes), its bundles kept for the publisher. Raises what profile_of raises."""
+    def rendered(self, profile: Obj, ctx: RenderContext) -> Profile:
+        """A ClusterProfile rendered for a cluster's context, once per version of the object (a
+        published profile never changes) and context; its bundles kept for the publisher.
+        Raises what profile_of raises; NotRendered is never cached (prepare() fixes it)."""
         meta = profile["metadata"]
-        key = (str(meta.get("uid")), str(meta.get("resourceVersion")))
+        key = (str(meta.get("uid")), str(meta.get("resourceVersion")),
+               json.dumps([ctx.kube_version, ctx.values], sort_keys=True, default=str))
         found = self._rendered.get(key)
         if found is None:
+            sources = self.sources
+            objects = (lambda a: sources.objects(a, ctx)) if sources is not None else None
             try:
-                found = profile_of(profile)
+                found = profile_of(profile, ctx, objects)
+            except NotRendered:
+                raise
             except (ValidationError, RenderError) as e:
                 found = e
             self._rendered[key] = found
-            if len(self._rendered) > 256:  # old versions of edited (invalid) profiles
+            if len(self._rendered) > 256:  # old versions, other clusters' contexts
                 self._rendered.pop(next(iter(self._rendered)))
         if isinstance(found, Exception):
             raise found
         return found
+
+    async def prepare(self, obj: Obj) -> None:
+        """Fetch and render what the cluster's profile needs (charts, URLs, uploads) before a
+        pass builds its spec; cached, so a converged fleet costs nothing here."""
+        if self.sources is None:
+            return
+        spec = obj.get("spec") or {}
+        ref = spec.get("profile") or {}
+        if not ref.get("name"):
+            return
+        for profile in self.profiles_in(str(obj["metadata"].get("namespace"))):
+            pspec = profile.get("spec") or {}
+            if pspec.get("name") != ref.get("name") or str(pspec.get("version")) != str(
+                    ref.get("version")):
+                continue
+            try:
+                addons = addons_of(profile)
+            except ValidationError:
+                return  # desired() says what is wrong with it
+            if all(a.inline for a in addons):
+                return
+            ctx = RenderContext(str(spec.get("kubernetesVersion")), ref.get("values") or {})
+            await self.sources.prepare(addons, ctx)
 
     def bundle(self, digest: str) -> bytes | None:
         """The bytes of a bundle some cached profile refers to (None: none does)."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.intake.bundles import BundleFetcher, ContentStore, FetchUnavailable
-from agent.kube import Conflict, KubeClient, KubeError, NotFound, Obj, Resource
+from agent.kube import Conflict, Invalid, KubeClient, KubeError, NotFound, Obj, Resource
 from agent.plan.addons import (
     STAGES,
     Health,
@@ -143,7 +143,10 @@ class AddonController:
                 await asyncio.sleep(1.0)
                 continue
             try:
-                key = await asyncio.wait_for(self.queue.get(), 5.0)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that races its timeout, and the loop would never stop.
+                async with asyncio.timeout(5.0):
+                    key = await self.queue.get()
             except TimeoutError:
                 continue
             try:
@@ -180,7 +183,8 @@ class AddonController:
                 if removed:
                     log.info("removed %d bundle(s) no add-on needs any more", len(removed))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._fetch_now.wait(), self.retry if missing else 60.0)
+                async with asyncio.timeout(self.retry if missing else 60.0):
+                    await self._fetch_now.wait()
 
     # -- one pass ------------------------------------------------------------------------------
     async def reconcile(self, name: str) -> float | None:
@@ -315,13 +319,15 @@ class AddonController:
         new_version = inv.digest != target.digest
         if new_version:
             # The entries of the old version stay until the new one is healthy (then pruned).
+            # An upgrade is a version replacing one that was installed; its hooks are the
+            # upgrade ones, decided now, not by what later passes find.
             inv = inv.model_copy(update={"digest": target.digest, "version": bundle.version,
                                          "revision": revision, "hooks_done": (),
-                                         "ready": False})
+                                         "ready": False,
+                                         "upgrade": bool(inv.last_good_digest)})
             await self._save(inv)
-        upgrade = bool(inv.last_good_digest)
-        pre, post = ("pre-upgrade", "post-upgrade") if upgrade else ("pre-install",
-                                                                     "post-install")
+        pre, post = ("pre-upgrade", "post-upgrade") if inv.upgrade else ("pre-install",
+                                                                         "post-install")
         if pre not in inv.hooks_done:
             work.message = f"running {pre} hooks"
             await self._hooks(addon, bundle, pre)
@@ -340,7 +346,7 @@ class AddonController:
             if entries != inv.by_key():
                 inv = await self._save(inv.model_copy(update={"entries": tuple(
                     entries[k] for k in sorted(entries))}))
-            await self._healthy(addon, objs, label, work)
+            await self._healthy(addon, objs, label, work, entries)
         if post not in inv.hooks_done:
             work.message = f"running {post} hooks"
             await self._hooks(addon, bundle, post)
@@ -390,8 +396,25 @@ class AddonController:
                 and entry.body == body_digest and entry.fields
                 and (live_meta.get("annotations") or {}).get(FIELDS_DIGEST) == entry.fields):
             return entry  # exactly as the agent left it: no write
+        if live is None and entry is not None and entry.body == body_digest and _run_once(obj):
+            return entry  # a finished Job its TTL removed: it ran; running it again is not drift
         key = key_of(obj)
+        if entry is not None and entry.fields:
+            why = ("it is gone" if live is None else
+                   "it was re-created by someone else" if entry.uid != live_meta.get("uid")
+                   else "the add-on changed it" if entry.body != body_digest
+                   else "fields the agent set were changed or taken")
+            log.info("add-on %s: applying %s again: %s", addon.name, key, why,
+                     extra={"addon": addon.name, "object": str(key)})
         try:
+            out = await self.kube.apply(res, body, field_manager=FIELD_MANAGER)
+        except Invalid as e:
+            if not (live is not None and _run_once(obj)):
+                raise
+            # A Job's template is immutable: a new version of it is a new run.
+            log.info("add-on %s: %s changed; replacing the Job (%s)", addon.name, key_of(obj), e)
+            await self._delete_and_wait(res, body["metadata"]["name"],
+                                        body["metadata"].get("namespace"))
             out = await self.kube.apply(res, body, field_manager=FIELD_MANAGER)
         except Conflict as e:
             if entry is None or not entry.body:
@@ -423,11 +446,14 @@ class AddonController:
                 f"taken back {len(recent) - 1} times in {CONTESTED_WINDOW / 60:.0f} minutes, "
                 "now left alone: add an ignore rule for these fields to the add-on") from e
 
-    async def _healthy(self, addon: Addon, objs: list[Obj], stage: str, work: _Work) -> None:
+    async def _healthy(self, addon: Addon, objs: list[Obj], stage: str, work: _Work,
+                       entries: Mapping[ObjKey, Entry]) -> None:
         waiting: list[str] = []
         for obj in objs:
             res = await self._resource(obj)
             live = await self.watches.get(res, apply_body(obj, addon))
+            if live is None and _run_once(obj) and key_of(obj) in entries:
+                continue  # finished and removed by its TTL
             if live is None:
                 waiting.append(f"{key_of(obj)} is missing")
                 continue
@@ -443,11 +469,26 @@ class AddonController:
 
     # -- hooks ---------------------------------------------------------------------------------
     async def _hooks(self, addon: Addon, bundle: Bundle, phase: str) -> None:
+        """Helm's order: each hook (by weight) created and waited for; `hook-succeeded` ones
+        deleted only once the whole phase succeeded (a Job may need the ServiceAccount hook
+        before it), `hook-failed` ones when the phase fails."""
         hooks = sorted((h for h in bundle.hooks if h.phase == phase), key=lambda h: h.weight)
-        for hook in hooks:
-            await self._run_hook(addon, hook)
+        ran: list[tuple[Hook, Resource, str, str | None]] = []
+        try:
+            for hook in hooks:
+                ran.append(await self._run_hook(addon, hook))
+        except VersionFailed:
+            for hook, res, name, ns in ran:
+                if "hook-failed" in hook.delete_policies:
+                    await self._delete_and_wait(res, name, ns)
+            raise
+        for hook, res, name, ns in ran:
+            if "hook-succeeded" in hook.delete_policies:
+                await self.kube.delete(res, name, ns)
+                self.writes += 1
 
-    async def _run_hook(self, addon: Addon, hook: Hook) -> None:
+    async def _run_hook(self, addon: Addon, hook: Hook) -> tuple[Hook, Resource, str,
+                                                                  str | None]:
         body = apply_body(hook.object, addon)
         body["metadata"]["labels"][HOOK_LABEL] = hook.phase
         res = await self._resource(body)
@@ -465,14 +506,10 @@ class AddonController:
                 raise VersionFailed(f"{hook.phase} hook {key_of(out)} vanished") from None
             found = kstatus(live)
             if found.status == "Current":
-                if "hook-succeeded" in hook.delete_policies:
-                    await self.kube.delete(res, meta["name"], ns)
-                    self.writes += 1
-                return
+                return hook, res, str(meta["name"]), ns
             if found.status == "Failed" or self.clock() > deadline:
                 if "hook-failed" in hook.delete_policies:
-                    await self.kube.delete(res, meta["name"], ns)
-                    self.writes += 1
+                    await self._delete_and_wait(res, meta["name"], ns)
                 raise VersionFailed(f"{hook.phase} hook {key_of(out)} failed: "
                                     f"{found.message or 'timed out'}")
             await asyncio.sleep(0.5)
@@ -549,6 +586,12 @@ class AddonController:
         keep = {a.bundle.digest for a in self._addons().values()}
         keep |= {i.last_good_digest for i in self.inventory.values() if i.last_good_digest}
         return keep
+
+
+def _run_once(obj: Mapping[str, Any]) -> bool:
+    """A Job that removes itself once finished (ttlSecondsAfterFinished): a run, not a state."""
+    return (obj.get("kind") == "Job" and str(obj.get("apiVersion", "")).startswith("batch/")
+            and (obj.get("spec") or {}).get("ttlSecondsAfterFinished") is not None)
 
 
 def _empty_ca(obj: Mapping[str, Any], path: str) -> bool:

@@ -54,6 +54,8 @@ class Inventory(Model):
     entries: tuple[Entry, ...] = ()
     hooks_done: tuple[str, ...] = Field(
         default=(), description="hook phases already run for this digest")
+    upgrade: bool = Field(default=False, description="this digest replaces an installed one "
+                                                     "(its hooks are the upgrade ones)")
     ready: bool = Field(default=False, description="the digest became healthy")
     last_good_version: str = ""
     last_good_digest: str = ""

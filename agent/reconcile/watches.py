@@ -129,7 +129,8 @@ class ObjectWatches:
                         raise RuntimeError(f"the watch on {res.plural} ended")
                 self._wanted.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wanted.wait(), 1.0)
+                    async with asyncio.timeout(1.0):  # not wait_for: see AddonController
+                        await self._wanted.wait()
         finally:
             for task in self._tasks.values():
                 task.cancel()

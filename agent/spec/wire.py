@@ -14,6 +14,9 @@ SPECS_HISTORY: Final = 10
 BUNDLES_BUCKET: Final = "outpost-bundles"
 """Object Store of add-on bundles, each named by its sha256 digest ("sha256:<hex>") and never
 rewritten: the signed spec names the digest, so a bundle can be checked wherever it comes from."""
+CONTENT_BUCKET: Final = "outpost-content"
+"""Object Store of content uploaded to the gateway (add-on manifests, chart archives), each named
+by its sha256 digest; only the gateway reads it (agents get rendered bundles)."""
 STATUS_BUCKET: Final = "outpost-status"
 """KV bucket of agent status reports, one key per cluster, history 1."""
 EVENTS_STREAM: Final = "OUTPOST_EVENTS"

@@ -31,7 +31,8 @@ from agent.spec import ClusterSpec, version_tuple
 from agent.spec.base import DNS_LABEL, Namespace
 
 from ..clusters import MANAGER, ClusterRequest, OutpostClusterSpec, spec_hash
-from ..publish import ObservedStatus
+from ..profiles import read_capped
+from ..publish import ObservedStatus, PublishUnavailable
 from ..state import ClusterRecord, StepRecord, Unreadable, UnreadableRecord, now
 from ..store import NotSynced, OutpostClusters
 from .models import (
@@ -72,6 +73,9 @@ class ApiDeps:
     """An agent silent for longer is shown disconnected (it reports every 30s by default)."""
     conflict_retries: int = 5
     clock: Callable[[], datetime] = now
+    upload: Callable[[bytes], Awaitable[str]] | None = None
+    """Stores uploaded add-on content, returns its digest (None: uploads are not served)."""
+    max_upload_bytes: int = 64 * MIB
 
 
 DEPS: Final = web.AppKey("deps", ApiDeps)
@@ -542,6 +546,29 @@ async def delete_cluster(request: web.Request) -> web.Response:
     return _operation(name, "Deleting", int(status.get("desiredRevision") or 1))
 
 
+async def upload_content(request: web.Request) -> web.Response:
+    """PUT /v1/content: add-on content (multi-document YAML, a chart .tgz) stored under its
+    sha256, which a ClusterProfile then names (`upload`, or `helm.archive`)."""
+    deps = request.app[DEPS]
+    if deps.upload is None:
+        raise Problem(501, "not-implemented", "this gateway stores no uploads")
+    if request.content_length is not None and request.content_length > deps.max_upload_bytes:
+        raise Problem(413, "body-too-large", f"uploads are limited to {deps.max_upload_bytes} "
+                      "bytes; serve larger content over https and name its url instead")
+    data = await read_capped(request.content, deps.max_upload_bytes)
+    if data is None:
+        raise Problem(413, "body-too-large", f"uploads are limited to {deps.max_upload_bytes} "
+                      "bytes; serve larger content over https and name its url instead")
+    if not data:
+        raise Problem(400, "empty-body", "send the content as the request body")
+    try:
+        digest = await deps.upload(data)
+    except PublishUnavailable as e:
+        raise Problem(503, "unavailable", f"cannot store the upload now: {e}",
+                      headers={"Retry-After": "5"}) from e
+    return web.json_response({"digest": digest, "size": len(data)}, status=201)
+
+
 async def healthz(request: web.Request) -> web.Response:
     alive, why = request.app[DEPS].live()
     if not alive:
@@ -583,6 +610,7 @@ def make_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/v1/clusters/{name}", get_cluster, allow_head=False)
     app.router.add_delete("/v1/clusters/{name}", delete_cluster)
     app.router.add_put("/v1/clusters/{name}/spec", update_spec)
+    app.router.add_put("/v1/content", upload_content)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -1,4 +1,5 @@
-"""The emulator's stand-ins for the deployment and replica-set controllers and the scheduler.
+"""The emulator's stand-ins for the deployment, replica-set, daemon-set and job controllers and
+the scheduler.
 
 On a real cluster kube-controller-manager turns a Deployment into a ReplicaSet per pod template
 and the ReplicaSet into Pods, kube-scheduler binds each Pod to a Node whose taints it tolerates,
@@ -8,7 +9,9 @@ the node on either backend): a Deployment gets a `<name>-<template hash>` Replic
 `pod-template-hash` label, older ones are scaled to zero, Pods are named `<replicaset>-<5>`,
 and the statuses count ready Pods. The scheduler honours taints and tolerations and the
 nodeSelector (not affinity); a Pod no Node can take stays Pending with the scheduler's message.
-Rolling updates are not paced (the new set is scaled up at once).
+Rolling updates are not paced (the new set is scaled up at once). A DaemonSet gets a Pod bound to
+each eligible Node; a Job runs Pods until one succeeds, and is deleted once finished when its
+ttlSecondsAfterFinished is 0 (longer TTLs are not timed).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ log = logging.getLogger(__name__)
 
 HASH_LABEL = "pod-template-hash"
 _SUFFIX = string.ascii_lowercase + string.digits
-_KEYS = ("deployments.apps", "replicasets.apps", "pods", "nodes")
+_KEYS = ("deployments.apps", "replicasets.apps", "daemonsets.apps", "jobs.batch", "pods",
+         "nodes")
+DS_HASH_LABEL = "controller-revision-hash"
 MANAGER = "kube-controller-manager"
 
 
@@ -94,11 +99,17 @@ class WorkloadControllers(Sweeper):
         for d in list(store.items("deployments.apps")):
             if not d["metadata"].get("deletionTimestamp"):
                 self._deployment_status(d)
+        for ds in list(store.items("daemonsets.apps")):
+            if not ds["metadata"].get("deletionTimestamp"):
+                self._daemon_set(ds)
+        for job in list(store.items("jobs.batch")):
+            if not job["metadata"].get("deletionTimestamp"):
+                self._job(job)
         self._schedule()
 
     # -- writes ----------------------------------------------------------------------------
     def _write(self, plural: str, group: str, obj: Obj, *, status: bool = False) -> None:
-        rt = self.registry.type_for(group, "v1", plural)
+        rt = self.registry.type_for(group, "v1", plural)  # apps/v1, batch/v1 and v1 alike
         with contextlib.suppress(ApiError):
             self.registry.update(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"],
                                  obj, manager=MANAGER, subresource="status" if status else None)
@@ -215,6 +226,116 @@ class WorkloadControllers(Sweeper):
             new = copy.deepcopy(rs)
             new["status"] = status
             self._write("replicasets", "apps", new, status=True)
+
+    # -- daemon sets -----------------------------------------------------------------------
+    def _eligible(self, spec: Obj) -> list[Obj]:
+        """Ready Nodes whose taints the pod template tolerates and whose labels it selects."""
+        return [n for n in self.registry.store.items("nodes")
+                if not (n.get("spec") or {}).get("unschedulable")
+                and any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in (n.get("status") or {}).get("conditions") or [])
+                and all(tolerates(spec.get("tolerations"), t)
+                        for t in (n.get("spec") or {}).get("taints") or []
+                        if t.get("effect") in ("NoSchedule", "NoExecute"))
+                and all((n["metadata"].get("labels") or {}).get(k) == v
+                        for k, v in (spec.get("nodeSelector") or {}).items())]
+
+    def _daemon_set(self, ds: Obj) -> None:
+        """One Pod per eligible Node (bound to it directly), replaced when the template
+        changes; the status counts as the real controller does."""
+        template = copy.deepcopy((ds.get("spec") or {}).get("template") or {})
+        h = _template_hash(template)
+        ns = ds["metadata"]["namespace"]
+        nodes = {n["metadata"]["name"] for n in self._eligible(template.get("spec") or {})}
+        pods = self._pods_of(ds)
+        rt = self.registry.type_for("", "v1", "pods")
+        for p in pods:
+            stale = (p["metadata"].get("labels") or {}).get(DS_HASH_LABEL) != h
+            if stale or (p.get("spec") or {}).get("nodeName") not in nodes:
+                with contextlib.suppress(ApiError):
+                    self.registry.delete(rt, ns, p["metadata"]["name"])
+        pods = self._pods_of(ds)
+        placed = {(p.get("spec") or {}).get("nodeName") for p in pods}
+        meta = template.get("metadata") or {}
+        for node in sorted(nodes - placed):
+            name = f"{ds['metadata']['name']}-" + "".join(random.choices(_SUFFIX[:26], k=5))
+            self._create("pods", "", ns, {
+                "metadata": {"name": name, "labels": {**(meta.get("labels") or {}),
+                                                      DS_HASH_LABEL: h},
+                             "annotations": meta.get("annotations") or {},
+                             "ownerReferences": [_owner(ds, "DaemonSet", "apps/v1")]},
+                "spec": {**(template.get("spec") or {}), "nodeName": node}})
+        pods = self._pods_of(ds)
+        ready = sum(_ready(p) for p in pods)
+        status = {"observedGeneration": ds["metadata"].get("generation", 1),
+                  "desiredNumberScheduled": len(nodes), "currentNumberScheduled": len(pods),
+                  "numberMisscheduled": 0, "numberReady": ready, "numberAvailable": ready,
+                  "updatedNumberScheduled": sum(
+                      (p["metadata"].get("labels") or {}).get(DS_HASH_LABEL) == h
+                      for p in pods)}
+        if len(nodes) > ready:
+            status["numberUnavailable"] = len(nodes) - ready
+        if (ds.get("status") or {}) != status:
+            new = copy.deepcopy(ds)
+            new["status"] = status
+            self._write("daemonsets", "apps", new, status=True)
+
+    # -- jobs ------------------------------------------------------------------------------
+    def _job(self, job: Obj) -> None:
+        """Pods until one succeeds (or backoffLimit failures), then Complete (or Failed); a
+        finished Job with ttlSecondsAfterFinished 0 is deleted, as the TTL controller does
+        (longer TTLs are not timed here)."""
+        spec = job.get("spec") or {}
+        ns = job["metadata"]["namespace"]
+        old = job.get("status") or {}
+        done = {c.get("type") for c in old.get("conditions") or []
+                if c.get("status") == "True"} & {"Complete", "Failed"}
+        if done:
+            if spec.get("ttlSecondsAfterFinished") == 0:
+                rt = self.registry.type_for("batch", "v1", "jobs")
+                with contextlib.suppress(ApiError):
+                    self.registry.delete(rt, ns, job["metadata"]["name"])
+            return
+        pods = self._pods_of(job)
+        succeeded = sum((p.get("status") or {}).get("phase") == "Succeeded" for p in pods)
+        failed = sum((p.get("status") or {}).get("phase") == "Failed" for p in pods)
+        active = len(pods) - succeeded - failed
+        limit = int(spec.get("backoffLimit", 6))
+        if not succeeded and failed <= limit and active == 0:
+            template = copy.deepcopy(spec.get("template") or {})
+            meta = template.get("metadata") or {}
+            name = f"{job['metadata']['name']}-" + "".join(random.choices(_SUFFIX[:26], k=5))
+            self._create("pods", "", ns, {
+                "metadata": {"name": name, "labels": {
+                    **(meta.get("labels") or {}), "job-name": job["metadata"]["name"],
+                    "batch.kubernetes.io/job-name": job["metadata"]["name"]},
+                    "annotations": meta.get("annotations") or {},
+                    "ownerReferences": [_owner(job, "Job", "batch/v1")]},
+                "spec": template.get("spec") or {}})
+            active += 1
+        status: Obj = {"startTime": old.get("startTime") or _now(), "active": active,
+                       "succeeded": succeeded, "failed": failed}
+        status = {k: v for k, v in status.items() if v or k == "startTime"}
+        now = _now()
+        if succeeded:
+            status.update(completionTime=now, conditions=[
+                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+                 "message": "Reached expected number of succeeded pods",
+                 "lastProbeTime": now, "lastTransitionTime": now},
+                {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+                 "message": "Reached expected number of succeeded pods",
+                 "lastProbeTime": now, "lastTransitionTime": now}])
+            status.pop("active", None)
+        elif failed > limit:
+            status["conditions"] = [
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                 "message": "Job has reached the specified backoff limit",
+                 "lastProbeTime": now, "lastTransitionTime": now}]
+            status.pop("active", None)
+        if old != status:
+            new = copy.deepcopy(job)
+            new["status"] = status
+            self._write("jobs", "batch", new, status=True)
 
     # -- scheduler -------------------------------------------------------------------------
     def _schedule(self) -> None:

@@ -16,6 +16,7 @@ from agent.kube import resources as r
 from mgmt_gateway.clusters import OUTPOST_CLUSTER, ClusterRequest
 from testbed.backends import Backend
 from testbed.capi import SimConfig
+from testbed.controlplane.helm import built_helm
 from testbed.crds import components_files
 from testbed.demo import AGENT_ENV, request
 from testbed.env import Testbed
@@ -42,6 +43,8 @@ def gateway_env(tb: Testbed, state: Path) -> dict[str, str]:
         "OUTPOST_GATEWAY_LEASE_DURATION_SECONDS": "2",
         "OUTPOST_GATEWAY_AGENT_EXTRA_ENV": ",".join(f"{k}={v}" for k, v in AGENT_ENV.items()),
         "OUTPOST_GATEWAY_LOG_LEVEL": "WARNING",
+        "OUTPOST_GATEWAY_CACHE_DIR": str(state / "cache"),
+        "OUTPOST_GATEWAY_HELM": str(built_helm()),
     }
 
 

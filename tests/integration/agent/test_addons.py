@@ -6,7 +6,6 @@ create), a version that never becomes healthy rolled back."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,17 +122,17 @@ async def engine(api: KubeApi, kubeconfig: Path, tmp_path: Path) -> AsyncIterato
                                  resync=0.5, retry=0.2)
     e = Engine(kube, store, controller)
     box.append(e)
-    e.tasks = [asyncio.create_task(controller.worker()),
-               asyncio.create_task(controller.resync_loop()),
-               asyncio.create_task(controller.watches.run())]
+    e.tasks = [asyncio.create_task(controller.worker(), name="worker"),
+               asyncio.create_task(controller.resync_loop(), name="resync"),
+               asyncio.create_task(controller.watches.run(), name="watches")]
     try:
         yield e
     finally:
         for t in e.tasks:
             t.cancel()
-        for t in e.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        _, pending = await asyncio.wait(e.tasks, timeout=20)
+        assert not pending, "tasks that ignored cancellation: " + "; ".join(
+            f"{t.get_name()} at {t.get_stack(limit=3)}" for t in pending)
         await kube.close()
         await kubelet.stop()
 
@@ -159,8 +158,8 @@ async def test_install_in_stages_then_zero_writes_and_drift_repaired(engine: Eng
     for _ in range(3):
         assert await c.reconcile("addon-a") is None
     assert c.writes == writes
-    assert sum(kube.requests[v] for v in ("apply", "create", "patch", "delete", "replace")) \
-        == sum(passes[v] for v in ("apply", "create", "patch", "delete", "replace"))
+    verbs = ("apply", "create", "patch", "delete", "replace")
+    assert {v: kube.requests[v] - passes[v] for v in verbs} == dict.fromkeys(verbs, 0)
 
     # Drift: a deleted ConfigMap comes back, an edited Deployment is restored.
     await kube.delete(r.CONFIG_MAP, "app-config", "addon-a")

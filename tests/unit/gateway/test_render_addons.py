@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent.spec.addons import decode_bundle
-from mgmt_gateway.clusters import profile_of
+from mgmt_gateway.profiles import profile_of
 from mgmt_gateway.render.addons import MAX_OBJECT_BYTES, RenderError, build_bundle
 from mgmt_gateway.render.yamldocs import parse_documents
 
