@@ -29,10 +29,12 @@ class Rule:
     code: int
     path: re.Pattern[str] | None = None
     method: str | None = None
+    client: str | None = None  # the start of the User-Agent it applies to (None: any)
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, user_agent: str = "") -> bool:
         return (self.method is None or self.method == method) and (
-            self.path is None or self.path.search(path) is not None)
+            self.path is None or self.path.search(path) is not None) and (
+            self.client is None or user_agent.startswith(self.client))
 
 
 @dataclass
@@ -73,20 +75,22 @@ class Faults:
         return 0.0
 
     def fail_next(self, n: int, code: int = 500, path: str | None = None,
-                  method: str | None = None) -> None:
-        """Fail the next `n` requests (matching `path` regex and `method`, if given) with `code`."""
+                  method: str | None = None, client: str | None = None) -> None:
+        """Fail the next `n` requests (matching `path` regex, `method` and a User-Agent
+        starting with `client`, if given) with `code`; `client` keeps other controllers on
+        the same server from taking faults meant for the client under test."""
         if code not in _REASONS:
             raise ValueError(f"unsupported fault code {code}; use one of {sorted(_REASONS)}")
         self.rules.append(Rule(n, code, re.compile(path) if path else None,
-                               method.upper() if method else None))
+                               method.upper() if method else None, client))
 
     def clear(self) -> None:
         self.rules.clear()
         self.delays.clear()
 
-    def check(self, method: str, path: str) -> None:
+    def check(self, method: str, path: str, user_agent: str = "") -> None:
         for rule in self.rules:
-            if rule.remaining > 0 and rule.matches(method, path):
+            if rule.remaining > 0 and rule.matches(method, path, user_agent):
                 rule.remaining -= 1
                 self.injected += 1
                 reason, message = _REASONS[rule.code]
@@ -101,7 +105,7 @@ def control(faults: Faults, body: dict[str, Any], extra: tuple[str, ...] = ()) -
     action = body.get("action")
     if action == "fail":
         faults.fail_next(int(body.get("count", 1)), int(body.get("code", 500)),
-                         body.get("path"), body.get("method"))
+                         body.get("path"), body.get("method"), body.get("client"))
     elif action == "delay":
         faults.delay_next(int(body.get("count", 1)), float(body.get("seconds", 1)),
                           body.get("path"), body.get("method"))

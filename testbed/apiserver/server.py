@@ -253,7 +253,7 @@ class ApiServer(Outage):
         try:
             if path.startswith("/testbed/"):
                 return await self._control(request)
-            self.faults.check(request.method, path)
+            self.faults.check(request.method, path, request.headers.get("User-Agent", ""))
             delay = self.faults.delay_for(request.method, path)
             if delay:
                 await self.faults.hold(delay)

@@ -130,7 +130,8 @@ class FaultProxy(Outage):
                 return await self._control(request)
             if self.down:
                 raise ApiError(503, "ServiceUnavailable", "the API server is down")
-            self.faults.check(request.method, request.path)
+            self.faults.check(request.method, request.path,
+                              request.headers.get("User-Agent", ""))
             delay = self.faults.delay_for(request.method, request.path)
             if delay:
                 await self.faults.hold(delay)
