@@ -1,5 +1,13 @@
 # One slim, non-root image for both entrypoints: outpost-agent and outpost-gateway.
-# The testbed (dev/test only) is not installed into it.
+# The testbed (dev/test only) is not installed into it; the gateway's helm (it renders chart
+# add-ons) is built from the same pinned module the tests use.
+FROM golang:1.26 AS helm
+WORKDIR /src
+COPY testbed/controlplane/go/helm/go.mod testbed/controlplane/go/helm/go.sum ./
+RUN CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v4.3.2 -X helm.sh/helm/v4/internal/version.metadata= -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+    -o /out/helm helm.sh/helm/v4/cmd/helm
+
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -12,9 +20,10 @@ RUN python -m venv /opt/outpost \
 
 FROM python:3.11-slim
 RUN useradd --system --uid 65532 --no-create-home --shell /usr/sbin/nologin outpost \
- && mkdir -p /var/lib/outpost /var/lib/outpost-gateway \
- && chown outpost /var/lib/outpost /var/lib/outpost-gateway
+ && mkdir -p /var/lib/outpost /var/lib/outpost-gateway /var/cache/outpost-gateway \
+ && chown outpost /var/lib/outpost /var/lib/outpost-gateway /var/cache/outpost-gateway
 COPY --from=build /opt/outpost /opt/outpost
+COPY --from=helm /out/helm /usr/local/bin/helm
 ENV PATH=/opt/outpost/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
