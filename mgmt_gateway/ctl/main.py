@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import aiohttp
 import typer
 import yaml
 from pydantic import ValidationError
@@ -39,7 +40,7 @@ from agent.spec import explain
 from ..bootstrap import kubeconfig_secret
 from ..clusters import API_VERSION, CLUSTER_PROFILE, OUTPOST_CLUSTER, OutpostClusterSpec
 from ..pivot import MemoryJournal, move
-from . import edits, views
+from . import edits, profiles, views
 
 MANAGER = "outpostctl"
 T = TypeVar("T")
@@ -55,10 +56,12 @@ create_app = typer.Typer(no_args_is_help=True, help="Create resources.")
 get_app = typer.Typer(no_args_is_help=True, help="List resources.")
 describe_app = typer.Typer(no_args_is_help=True, help="Show one resource in detail.")
 set_app = typer.Typer(no_args_is_help=True, help="Change one setting of a cluster.")
+profile_app = typer.Typer(no_args_is_help=True, help="Publish cluster profiles.")
 app.add_typer(create_app, name="create")
 app.add_typer(get_app, name="get")
 app.add_typer(describe_app, name="describe")
 app.add_typer(set_app, name="set")
+app.add_typer(profile_app, name="profile")
 
 out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 1000)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -609,6 +612,67 @@ def move_plan(
 
     if _run(ctx, work):
         raise typer.Exit(1)
+
+
+@profile_app.command("push")
+def profile_push(
+        ctx: typer.Context,
+        file: Annotated[Path, typer.Option(
+            "--filename", "-f", help="the ClusterProfile (YAML); add-ons may name local "
+                                     "files: manifestsFile, helm.chartPath")],
+        namespace: NamespaceOpt = None,
+        gateway: Annotated[str | None, typer.Option(
+            envvar="OUTPOST_GATEWAY_URL", help="the gateway's API, where local files are "
+                                               "uploaded (e.g. https://outpost.example.com)",
+            show_default=False)] = None,
+        token_file: Annotated[Path | None, typer.Option(
+            help="file holding the gateway's API token [default: $OUTPOST_GATEWAY_TOKEN]",
+            show_default=False)] = None,
+) -> None:
+    """Publish a ClusterProfile: upload the local files its add-ons name to the gateway, then
+    create the resource. A published version is immutable: change the version to change it."""
+    try:
+        doc = profiles.load_profile(file, _namespace(ctx, namespace))
+    except profiles.ProfileFileError as e:
+        _fail(str(e), 2)
+    token = (token_file.read_text().strip() if token_file is not None
+             else os.environ.get("OUTPOST_GATEWAY_TOKEN", ""))
+
+    async def upload(data: bytes, what: str) -> str:
+        if not gateway:
+            raise Usage(f"{what} is a local file: pass --gateway (or OUTPOST_GATEWAY_URL) to "
+                        "upload it")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            async with aiohttp.ClientSession(headers=headers) as http, http.put(
+                    f"{gateway.rstrip('/')}/v1/content", data=data) as resp:
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, ValueError) as e:
+            raise Failed(f"cannot upload {what} to {gateway}: {e}") from e
+        if resp.status != 201:
+            raise Failed(f"the gateway refused {what}: {body.get('detail', body)}")
+        out.print(f"uploaded {what}: {body['digest']} ({len(data)} bytes)", markup=False)
+        return str(body["digest"])
+
+    async def work(kube: ApiKubeClient) -> None:
+        try:
+            await profiles.resolve_files(doc, file.parent, upload)
+        except profiles.ProfileFileError as e:
+            raise Usage(str(e)) from e
+        meta = doc["metadata"]
+        try:
+            await kube.create(CLUSTER_PROFILE, doc)
+        except AlreadyExists:
+            have = await kube.get(CLUSTER_PROFILE, meta["name"], meta["namespace"])
+            if profiles.same_profile(have, doc):
+                out.print(f"clusterprofile.outpost.io/{meta['name']} unchanged", markup=False)
+                return
+            raise Failed(f"ClusterProfile {meta['name']} is published with other content; "
+                         "a published profile never changes: push it under a new name and "
+                         "version") from None
+        out.print(f"clusterprofile.outpost.io/{meta['name']} created", markup=False)
+
+    _run(ctx, work)
 
 
 async def _workload_kubeconfig(kube: ApiKubeClient, name: str, ns: str) -> bytes:

@@ -4,9 +4,9 @@ CRD validation, the real controllers and the webhook configuration are in the lo
 - order 0, monitoring: the prometheus-operator stack (ten CRDs, over 1 MB, the Prometheus CRD
   alone ~480 KB as JSON) fetched by the gateway from an http URL pinned by sha256, its custom
   resources applied once their CRDs are Established;
-- order 1, ingress: ingress-nginx with its admission webhook, uploaded to the gateway
-  (`outpostctl profile push`), the webhook registered only once its Deployment is available, the
-  self-deleting admission Jobs run once;
+- order 1, ingress: ingress-nginx with its admission webhook, a local file uploaded to the
+  gateway by `outpostctl profile push`, the webhook registered only once its Deployment is
+  available, the self-deleting admission Jobs run once;
 - order 2, logging: Vector's DaemonSet, inline; and a Helm chart (the secrets-store CSI driver,
   with a CRD and pre-install hooks) rendered by the gateway's helm from a chart repository the
   test serves over HTTP.
@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 from aiohttp import web
@@ -39,6 +38,7 @@ from testbed.gateway import GatewayProcess
 from tests.e2e.test_gateway_crashes import gateway_env
 from tests.e2e.test_outpost_resources import kubectl
 from tests.fixtures.site import eventually
+from tests.integration.gateway.test_outpostctl import Ctl
 
 pytestmark = pytest.mark.both_backends
 
@@ -84,6 +84,7 @@ def monitoring_yaml() -> str:
 
 
 def profile(base: str, ingress: str) -> dict[str, Any]:
+    """The profile; `ingress` is the digest of its uploaded manifests."""
     monitoring = monitoring_yaml().encode()
     vector = parse_documents((FIXTURES / "logging" / "vector-agent.yaml").read_text(),
                              "vector")
@@ -128,23 +129,35 @@ async def test_a_real_world_profile_in_three_orders(tmp_path: Path, backend: Bac
         mgmt = await ApiKubeClient.from_kubeconfig(kc)
         workload = await ApiKubeClient.from_kubeconfig(tb.workload_kubeconfig)
         try:
-            async with GatewayProcess(gateway_env(tb, tmp_path / "gw")) as gw, \
-                    aiohttp.ClientSession(headers={"Authorization": "Bearer t"}) as http:
-                async def upload() -> str | None:
-                    async with http.put(f"http://127.0.0.1:{gw.port}/v1/content",
-                                        data=(FIXTURES / "ingress" /
-                                              "deploy-baremetal.yaml").read_bytes()) as resp:
-                        if resp.status == 503:  # NATS not reached yet: retry, as it says
-                            return None
-                        assert resp.status == 201, await resp.text()
-                        return str((await resp.json())["digest"])
+            async with GatewayProcess(gateway_env(tb, tmp_path / "gw")) as gw:
+                # The platform team publishes the profile; ingress is a local file, uploaded.
+                prof = profile(base, "")
+                ingress = next(a for a in prof["spec"]["addons"] if a["name"] == "ingress")
+                del ingress["upload"]
+                ingress["manifestsFile"] = str(FIXTURES / "ingress" / "deploy-baremetal.yaml")
+                (tmp_path / "profile.yaml").write_text(yaml.safe_dump(prof))
+                ctl = Ctl(kc, tmp_path)
+                ctl.env.update(OUTPOST_GATEWAY_URL=f"http://127.0.0.1:{gw.port}",
+                               OUTPOST_GATEWAY_TOKEN="t")
+                await kubectl(kc, "create", "namespace", NS)
 
-                ingress = await eventually(upload, timeout=30, what="the upload stored")
+                async def pushed() -> str | None:
+                    code, out, err = await ctl("profile", "push", "-f",
+                                               str(tmp_path / "profile.yaml"), "-n", NS)
+                    if code == 1 and "unavailable" in err:  # NATS not reached yet: retry
+                        return None
+                    assert code == 0, err
+                    return out
+
+                out = await eventually(pushed, timeout=30, what="the profile pushed")
+                assert "uploaded add-on ingress (deploy-baremetal.yaml): sha256:" in out
+                assert "clusterprofile.outpost.io/edge-1-0 created" in out
+                code, out, err = await ctl("profile", "push", "-f",
+                                           str(tmp_path / "profile.yaml"), "-n", NS)
+                assert (code, out.splitlines()[-1]) == (
+                    0, "clusterprofile.outpost.io/edge-1-0 unchanged"), err
                 await kubectl(kc, "apply", "--server-side", "-f", "-",
-                              stdin=yaml.safe_dump_all([
-                                  {"apiVersion": "v1", "kind": "Namespace",
-                                   "metadata": {"name": NS}},
-                                  profile(base, ingress), cluster()]))
+                              stdin=yaml.safe_dump(cluster()))
 
                 async def ready() -> dict[str, Any] | None:
                     st = (await mgmt.get(OUTPOST_CLUSTER, NAME, NS)).get("status") or {}
