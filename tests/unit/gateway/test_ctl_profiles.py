@@ -26,7 +26,7 @@ def test_a_chart_directory_packs_to_the_same_bytes(tmp_path: Path) -> None:
     copy = tmp_path / "secrets-store-csi-driver"
     shutil.copytree(CHART, copy)
     assert chart_archive(CHART) == chart_archive(copy)  # mtimes and owners do not matter
-    with pytest.raises(ProfileFileError, match="no Chart.yaml"):
+    with pytest.raises(ProfileFileError, match=r"no Chart\.yaml"):
         chart_archive(tmp_path)
 
 
