@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import logging
 
-from . import agent, apiserver, fleet, gateway, publisher
+from . import addons, agent, apiserver, fleet, gateway, publisher
 
 BENCHES = {"apiserver": apiserver.main, "agent": agent.main, "gateway": gateway.main,
-           "fleet": fleet.main, "publisher": publisher.main}
+           "fleet": fleet.main, "addons": addons.main, "publisher": publisher.main}
 
 
 def main() -> None:

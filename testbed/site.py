@@ -16,6 +16,7 @@ from typing import Any
 import nats
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes_asyncio import client as k8s
+from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 
 from agent.daemon import Agent
@@ -133,7 +134,7 @@ class Site:
         self.agents.append(running)
         return running
 
-    async def nats_client(self) -> nats.aio.client.Client:
+    async def nats_client(self) -> Client:
         return await nats.connect(self.nats.url, max_reconnect_attempts=1)
 
     async def publish(self, spec: ClusterSpec | bytes) -> int:
