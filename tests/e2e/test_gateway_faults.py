@@ -13,6 +13,7 @@ import pytest
 
 from agent.kube import ApiKubeClient, NotFound
 from agent.kube import resources as r
+from mgmt_gateway.clusters import OUTPOST_CLUSTER
 from mgmt_gateway.daemon import Gateway
 from mgmt_gateway.publish import generate_signing_key
 from mgmt_gateway.settings import GatewaySettings
@@ -86,6 +87,7 @@ async def test_bootstrap_completes_through_api_faults(tmp_path: Path,
         assert tb.management.faults.injected >= 6
 
 
+@pytest.mark.timeout(300)
 async def test_bad_requests_create_nothing_and_delete_retires(tmp_path: Path,
         backend: Backend) -> None:
     async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.3, resync=0.5),
@@ -115,10 +117,26 @@ async def test_bad_requests_create_nothing_and_delete_retires(tmp_path: Path,
         try:
             async def gone() -> bool:
                 try:
-                    await mgmt.get(r.CLUSTER, "edge-1", "fleet")
-                    return False
+                    c = await mgmt.get(r.CLUSTER, "edge-1", "fleet")
                 except NotFound:
-                    return await phase(http, base) == ""
+                    if await phase(http, base) == "":
+                        return True
+                    try:
+                        oc = await mgmt.get(OUTPOST_CLUSTER, "edge-1", "fleet")
+                    except NotFound:
+                        raise AssertionError("gone from the API, still in the façade's view"
+                                             ) from None
+                    raise AssertionError(
+                        f"OutpostCluster left: {oc['metadata'].get('finalizers')} "
+                        f"{(oc.get('status') or {}).get('phase')} "
+                        f"{(oc.get('status') or {}).get('lastError')}") from None
+                machines = [(m["metadata"]["name"], m["metadata"].get("finalizers"),
+                             bool(m["metadata"].get("deletionTimestamp")))
+                            for m in (await mgmt.list(r.MACHINE, "fleet")).items]
+                raise AssertionError(  # the state the last check saw, if it never goes
+                    f"Cluster still there: finalizers {c['metadata'].get('finalizers')}, "
+                    f"deleting {bool(c['metadata'].get('deletionTimestamp'))}, phase "
+                    f"{await phase(http, base)!r}, machines {machines}")
 
             await eventually(gone, timeout=120, what="cluster torn down and forgotten")
         finally:
