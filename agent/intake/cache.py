@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.spec import ClusterSpec
 
+from .durable import fsync_dir as _fsync_dir
 from .verify import DEFAULT_MAX_BYTES, Rejected, check_candidate
 
 __all__ = ["APPLIED", "CURRENT", "FORMAT", "PREVIOUS", "CachedSpec", "SpecCache"]
@@ -233,12 +234,3 @@ class SpecCache:
 
 def _digest(body: Mapping[str, object]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable: without this a power cut can undo it."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
