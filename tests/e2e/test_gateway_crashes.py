@@ -68,6 +68,7 @@ async def request_cluster(mgmt: KubeClient) -> None:
         request(cp=3, workers=2)).body())
 
 
+@pytest.mark.timeout(300)  # five or more gateway processes, started and killed: ~70 s unloaded
 async def test_sigkill_after_every_step_still_reaches_managed(tmp_path: Path,
         backend: Backend) -> None:
     async with Testbed(tmp_path / "tb", sim=SimConfig(step_delay=0.15, resync=0.5),
