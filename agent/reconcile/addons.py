@@ -451,7 +451,7 @@ class AddonController:
         waiting: list[str] = []
         for obj in objs:
             res = await self._resource(obj)
-            live = await self.watches.get(res, apply_body(obj, addon))
+            live = await self.watches.get(res, obj)  # only its name and namespace are read
             if live is None and _run_once(obj) and key_of(obj) in entries:
                 continue  # finished and removed by its TTL
             if live is None:
