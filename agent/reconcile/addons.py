@@ -95,7 +95,8 @@ class AddonController:
                  fetcher: BundleFetcher | None = None,
                  is_leader: Callable[[], bool] = lambda: True,
                  on_change: Callable[[], None] = lambda: None, resync: float = 30.0,
-                 retry: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 retry: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.kube = kube
         self.desired = desired
         self.store = store
@@ -106,6 +107,7 @@ class AddonController:
         self.resync = resync
         self.retry = retry
         self.clock = clock
+        self.wall = wall
         self.queue = WorkQueue(base_delay=0.5, max_delay=30.0)
         self.mapper = RestMapper(kube)
         self.watches = ObjectWatches(kube, FIELD_MANAGER, self.trigger)
@@ -256,7 +258,9 @@ class AddonController:
             self._gate_on_order(addon)
         if inv is None or inv.digest != target.digest:
             self._started[(name, target.digest)] = self.clock()  # a new attempt at it
-        started = self._started.setdefault((name, target.digest), self.clock())
+        started = self._started.get((name, target.digest))
+        if started is None:
+            started = self._started[(name, target.digest)] = self._resumed(inv, addon)
         work.phase = "Applying" if fresh else "Ready"
         try:
             await self._converge(addon, bundle, target, spec.revision, work)
@@ -284,6 +288,14 @@ class AddonController:
         else:
             work.phase, work.message = "Ready", f"{len(bundle.objects)} objects healthy"
         return None
+
+    def _resumed(self, inv: Inventory | None, addon: Addon) -> float:
+        """When the attempt at the inventory's digest began, on this process's clock: an agent
+        that restarts (or crash-loops) mid-attempt keeps counting toward the timeout. The
+        persisted time is wall-clock, so what it adds is clamped: a clock set back restarts
+        the count, one set forward can at most end it now."""
+        elapsed = self.wall() - inv.attempt_started if inv and inv.attempt_started else 0.0
+        return self.clock() - min(max(elapsed, 0.0), float(addon.timeout_seconds))
 
     def _target(self, addon: Addon, inv: Inventory | None) -> tuple[BundleRef, bool]:
         """The bundle to hold the cluster to: the spec's, or the last good one after the spec's
@@ -323,7 +335,7 @@ class AddonController:
             # upgrade ones, decided now, not by what later passes find.
             inv = inv.model_copy(update={"digest": target.digest, "version": bundle.version,
                                          "revision": revision, "hooks_done": (),
-                                         "ready": False,
+                                         "ready": False, "attempt_started": self.wall(),
                                          "upgrade": bool(inv.last_good_digest)})
             await self._save(inv)
         pre, post = ("pre-upgrade", "post-upgrade") if inv.upgrade else ("pre-install",

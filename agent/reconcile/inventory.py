@@ -57,6 +57,9 @@ class Inventory(Model):
     upgrade: bool = Field(default=False, description="this digest replaces an installed one "
                                                      "(its hooks are the upgrade ones)")
     ready: bool = Field(default=False, description="the digest became healthy")
+    attempt_started: float = Field(
+        default=0.0, description="wall-clock time the agent began applying this digest, so its "
+                                 "timeout keeps counting across agent restarts")
     last_good_version: str = ""
     last_good_digest: str = ""
     last_good_size: int = 0

@@ -6,6 +6,7 @@ create), a version that never becomes healthy rolled back."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,3 +251,38 @@ async def test_a_version_that_never_becomes_healthy_rolls_back(engine: Engine) -
     d = await kube.get(DEPLOYMENTS, "app", "addon-a")
     assert d["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/app:1"
     assert c.inventory["app"].failed_digest == bad[0].bundle.digest
+
+
+async def test_the_timeout_keeps_counting_across_agent_restarts(engine: Engine,
+                                                                tmp_path: Path) -> None:
+    """An agent that restarts mid-attempt (a crash loop, a node reboot) does not give a version
+    that never becomes healthy a fresh timeout each time."""
+    kube, c = engine.kube, engine.controller
+    good = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "addon-a"}},
+            deployment()]
+    engine.publish(1, addon("app", "1", good))
+    await engine.converged("app")
+    bad = addon("app", "2", [good[0], deployment(image="registry.example/app:2")],
+                timeout_seconds=120, health=[{"apiGroup": "apps", "kind": "Deployment",
+                                              "conditions": [{"type": "NeverTrue"}]}])
+    engine.publish(2, bad)
+
+    async def attempting() -> bool:
+        inv = c.inventory.get("app")
+        return inv is not None and inv.digest == bad[0].bundle.digest and inv.attempt_started > 0
+    await eventually(attempting, timeout=30, what="version 2 being applied")
+    assert c.status["app"].phase == "Applying"
+    for t in engine.tasks:
+        t.cancel()
+    await asyncio.wait(engine.tasks)
+    # The agent comes back two minutes later (by the wall clock): the attempt is over.
+    later = AddonController(kube, lambda: engine.spec, engine.store,
+                            InventoryStore(tmp_path / "inventory", kube, "outpost-system"),
+                            resync=0.5, retry=0.2, wall=lambda: time.time() + 121)
+    engine.controller = later
+    engine.tasks = [asyncio.create_task(later.worker(), name="worker"),
+                    asyncio.create_task(later.resync_loop(), name="resync"),
+                    asyncio.create_task(later.watches.run(), name="watches")]
+    await engine.converged("app", phase="Degraded", timeout=60)
+    assert "rolled back to 1" in later.status["app"].message
+    assert later.inventory["app"].failed_digest == bad[0].bundle.digest
