@@ -17,7 +17,7 @@ demo: $(BIN)/.installed  ## the six steps end to end on the embedded testbed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/mypy agent mgmt_gateway testbed/natsd.py testbed/controlplane testbed/capi testbed/backends.py testbed/kubeconfig.py testbed/procs.py testbed/pytest_watchdog.py testbed/demo.py testbed/gateway.py bench/fleet.py bench/addons.py
+	$(BIN)/mypy agent mgmt_gateway testbed/natsd.py testbed/controlplane testbed/capi testbed/backends.py testbed/kubeconfig.py testbed/procs.py testbed/pytest_watchdog.py testbed/demo.py testbed/demo_addons.py testbed/gateway.py bench/fleet.py bench/addons.py
 
 test: lint controlplane  ## ruff, mypy --strict, the real control plane (built or reused) and the whole pytest suite
 	$(BIN)/pytest

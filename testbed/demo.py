@@ -3,9 +3,10 @@
 It brings up a management and a workload cluster (emulated APIs with simulated Cluster API), a
 real NATS server and the gateway; creates an OutpostCluster with `outpostctl`; follows it through
 bootstrap, agent install and pivot until the agent in the workload cluster has scaled it to the
-full spec; then scales it with `outpostctl` (day 2), cuts the link to the management plane,
-breaks the cluster by hand and shows the agent repairing it from its cache, and the cluster's
-status catching up afterwards.
+full spec and installed the add-ons of its cluster profile (pushed first with `outpostctl profile
+push`) in order; then scales it with `outpostctl` (day 2), cuts the link to the management plane,
+breaks the cluster and an add-on by hand and shows the agent repairing both from its cache, and
+the cluster's status catching up afterwards.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mgmt_gateway.clusters import OUTPOST_CLUSTER
 from mgmt_gateway.daemon import Gateway
 from mgmt_gateway.settings import GatewaySettings
 
+from . import demo_addons
 from .backends import BACKENDS, Backend
 from .capi import SimConfig
 from .controlplane.launcher import ControlPlaneError
@@ -112,6 +114,7 @@ async def _poll(fn: Callable[[], Awaitable[Any]], interval: float = 0.2) -> Any:
 def cluster_yaml(cp: int, workers: int) -> str:
     """The OutpostCluster the demo asks for, as a platform team would keep it in Git."""
     spec = {k: v for k, v in request(cp, workers).items() if k not in ("name", "namespace")}
+    spec["profile"] = {"name": demo_addons.PROFILE, "version": demo_addons.VERSION}
     return yaml.safe_dump({"apiVersion": "outpost.io/v1alpha1", "kind": "OutpostCluster",
                            "metadata": {"name": CLUSTER, "namespace": NS}, "spec": spec},
                           sort_keys=False)
@@ -177,7 +180,28 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
                              say=demo.say)
             return f"OutpostCluster {NS}/{CLUSTER} created from {manifest.name}"
 
-        ok = await demo.step("1. request a cluster (3 control-plane, 2 workers)", submit)
+        async def publish_profile() -> str:
+            profile = demo_addons.write_profile(state / "profile", NS)
+            token = state / "gateway-token"
+            token.write_text(TOKEN)
+            args = ("profile", "push", "-f", str(profile), "--gateway",
+                    f"http://127.0.0.1:{gateway.http_port}", "--token-file", str(token))
+
+            async def pushed() -> str:
+                try:
+                    return await outpostctl(kubeconfig, *args, say=demo.say)
+                except RuntimeError as e:
+                    if "unavailable" not in str(e):  # the gateway's NATS link comes up
+                        raise
+                    return ""
+            await _poll(pushed, interval=0.5)
+            names = ", ".join(a[0] for a in demo_addons.ADDONS)
+            return (f"ClusterProfile {demo_addons.PROFILE} {demo_addons.VERSION} ({names}): "
+                    "manifests uploaded to the gateway")
+
+        ok = await demo.step("0. publish a cluster profile with outpostctl", publish_profile)
+        ok = ok and await demo.step("1. request a cluster (3 control-plane, 2 workers)",
+                                    submit)
         for title, phase in [
             ("2. CAPI objects created in the management cluster", "CapiCreated"),
             ("3. first control-plane node up (kubeconfig Secret)", "FirstControlPlaneReady"),
@@ -197,8 +221,14 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
                     k == 3 and w == 2) else ""
             return str(await _poll(ready))
 
-        ok = ok and await demo.step("6. the agent scales the cluster to the full spec",
+        ok = ok and await demo.step("6a. the agent scales the cluster to the full spec",
                                     full_spec)
+
+        async def addons_installed() -> str:
+            return await _addons_in_order(get_cluster, workload, demo.say)
+
+        ok = ok and await demo.step("6b. the agent installs the profile's add-ons in order",
+                                    addons_installed)
 
         async def day2() -> str:
             await outpostctl(kubeconfig, "scale", CLUSTER, "-n", NS, "--workers", "line-a=4",
@@ -218,6 +248,8 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
             await workload.patch(r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a",
                                  {"spec": {"replicas": 1}}, NS, field_manager="kubectl")
             demo.say("  someone scaled the workers to 1 by hand on site")
+            await workload.delete(r.CONFIG_MAP, "fluent-bit", "logging")
+            demo.say("  and deleted the logging add-on's ConfigMap logging/fluent-bit")
 
             async def repaired() -> str:
                 md = await _get(workload, r.MACHINE_DEPLOYMENT, f"{CLUSTER}-line-a")
@@ -226,11 +258,16 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
                 return "agent restored 4 workers from its cache" if (
                     spec_replicas == 4 and ready == 4) else ""
 
+            async def addon_repaired() -> str:
+                cm = await _get_in(workload, r.CONFIG_MAP, "fluent-bit", "logging")
+                return "the logging add-on's ConfigMap restored" if cm else ""
+
             async def shown_disconnected() -> str:
                 c = await get_cluster()
                 return "the OutpostCluster shows connected=false" if c.get(
                     "connected") is False else ""
-            return f"{await _poll(repaired)}; {await _poll(shown_disconnected)}"
+            return (f"{await _poll(repaired)}; {await _poll(addon_repaired)}; "
+                    f"{await _poll(shown_disconnected)}")
 
         ok = ok and await demo.step("link down: drift corrected from the agent's cache",
                                     disconnected)
@@ -265,6 +302,53 @@ async def run(state: Path, step_delay: float, timeout: float, out: Any = sys.std
     return 0 if ok and not failed else 1
 
 
+async def _addons_in_order(get_cluster: Callable[[], Awaitable[dict[str, Any]]],
+                           workload: ApiKubeClient, say: Callable[[str], None]) -> str:
+    """Wait until the OutpostCluster shows every add-on of the profile Ready; then tell, in the
+    order the agent recorded it (its AddonReady Events, by the API's resourceVersion), what each
+    installed (its inventory in the workload cluster). Fails if an add-on became Ready before
+    one of a lower order."""
+    orders = {name: order for order, (name, *_) in enumerate(demo_addons.ADDONS)}
+
+    async def all_ready() -> bool:
+        addons = (await get_cluster()).get("addons") or ()
+        for a in addons:
+            if a.get("phase") == "Failed":
+                raise RuntimeError(f"add-on {a['name']} failed: {a.get('lastError')}")
+        return {a["name"] for a in addons if a.get("phase") == "Ready"} == set(orders)
+
+    async def recorded() -> list[str]:
+        events = (await workload.list(r.EVENT, "outpost-system")).items
+        ready = sorted((e for e in events if e.get("reason") == "AddonReady"),
+                       key=lambda e: int(e["metadata"]["resourceVersion"]))
+        names = [str(e["message"]).split()[1] for e in ready]
+        return names if set(names) >= set(orders) else []
+
+    await _poll(all_ready)
+    ready = list(dict.fromkeys(await _poll(recorded)))
+    for name in ready:
+        say(f"  add-on {name} (order {orders[name]}) Ready: "
+            f"{await _installed(workload, name)}")
+    seen = [orders[n] for n in ready]
+    if seen != sorted(seen):
+        raise RuntimeError(f"add-ons became Ready out of order: {', '.join(ready)}")
+    return ", ".join(f"{n} (order {orders[n]})" for n in ready) + " Ready, in that order"
+
+
+async def _installed(workload: ApiKubeClient, addon: str) -> str:
+    """What the agent's inventory says an add-on installed, by kind."""
+    import json
+
+    cm = await _get_in(workload, r.CONFIG_MAP, f"outpost-addon-{addon}", "outpost-system")
+    if cm is None:
+        return "(no inventory in the cluster yet)"
+    entries = json.loads(cm["data"]["inventory.json"]).get("entries") or ()
+    kinds: dict[str, list[str]] = {}
+    for e in sorted(entries, key=lambda e: int(e.get("stage", 0))):  # in the order applied
+        kinds.setdefault(e["kind"], []).append(e["name"])
+    return "; ".join(f"{k} {', '.join(v)}" for k, v in kinds.items())
+
+
 async def _true(value: bool) -> bool:
     return value
 
@@ -293,10 +377,14 @@ def _ts(value: Any) -> float | None:
 
 
 async def _get(kube: ApiKubeClient, res: Any, name: str) -> dict[str, Any] | None:
+    return await _get_in(kube, res, name, NS)
+
+
+async def _get_in(kube: ApiKubeClient, res: Any, name: str, ns: str) -> dict[str, Any] | None:
     from agent.kube import NotFound
 
     try:
-        return await kube.get(res, name, NS)
+        return await kube.get(res, name, ns)
     except NotFound:
         return None
 
