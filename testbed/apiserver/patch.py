@@ -208,6 +208,8 @@ class _BuiltinLists:
             return _keyed("topologyKey")
         if path[-2:] == ("status", "conditions"):
             return _keyed("type")
+        if path == ("webhooks",):  # Validating/MutatingWebhookConfiguration
+            return _keyed("name")
         return ATOMIC
 
     def is_atomic_map(self, path: SchemaPath) -> bool:

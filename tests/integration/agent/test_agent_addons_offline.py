@@ -1,0 +1,201 @@
+"""The whole agent (intake, bundle fetch, add-on controller) keeps a site's add-ons while the
+link to the management plane is down: drift repaired with NATS stopped, a restart with NATS
+still down re-applying from the disk store, and no write loop against an autoscaler that owns a
+Deployment's replicas or an injector that fills a webhook's caBundle."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+
+from agent.kube import ApiKubeClient, NotFound, Resource
+from agent.kube import resources as r
+from agent.spec import ClusterSpec
+from agent.spec.addons import Addon, Bundle, BundleRef, digest_of
+from agent.spec.wire import BUNDLES_BUCKET
+from testbed.kubelet import Kubelet
+from testbed.site import sign
+from tests.fixtures.site import Site, eventually, spec_dict
+
+DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+WEBHOOKS = Resource("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
+                    "ValidatingWebhookConfiguration", namespaced=False)
+NS = "guard"
+INJECTOR = "ca-injector"
+HPA = "horizontal-pod-autoscaler"
+CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\ninjected\n").decode()
+
+
+def objects() -> list[dict[str, Any]]:
+    labels = {"app": "guard"}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "guard-config", "namespace": NS},
+         "data": {"mode": "enforce"}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "guard", "namespace": NS},
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels}, "spec": {
+                      "tolerations": [{"operator": "Exists"}],
+                      "containers": [{"name": "guard", "image": "registry.example/guard:1"}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "guard", "namespace": NS},
+         "spec": {"selector": labels, "ports": [{"port": 443, "targetPort": 8443}]}},
+        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+         "metadata": {"name": "guard", "namespace": NS},
+         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "name": "guard"},
+                  "minReplicas": 1, "maxReplicas": 5}},
+        # The caBundle is left empty for an injector to fill (cert-manager's cainjector, a
+        # chart's certgen Job): the agent must leave it to that injector.
+        {"apiVersion": "admissionregistration.k8s.io/v1",
+         "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "guard"},
+         "webhooks": [{"name": "guard.example.com", "admissionReviewVersions": ["v1"],
+                       "sideEffects": "None", "failurePolicy": "Ignore",
+                       "clientConfig": {"caBundle": "",
+                                        "service": {"name": "guard", "namespace": NS}},
+                       "rules": [{"apiGroups": ["example.com"], "apiVersions": ["v1"],
+                                  "operations": ["CREATE"], "resources": ["gadgets"]}]}]},
+    ]
+
+
+@pytest_asyncio.fixture
+async def kubelet(site: Site, tmp_path: Path) -> AsyncIterator[Kubelet]:
+    k = Kubelet(site.api, tmp_path / "kubelet")
+    await k.start()
+    try:
+        yield k
+    finally:
+        await k.stop()
+
+
+async def publish_profile(site: Site) -> Addon:
+    """What the gateway does: the bundle into the Object Store, then the signed spec naming
+    it."""
+    bundle = Bundle(name="guard", version="1", objects=tuple(objects()))
+    data = bundle.encode()
+    addon = Addon(name="guard", version="1", namespace=NS, bundle=BundleRef(
+        digest=digest_of(data), size=len(data), objects=len(bundle.objects)))
+    nc = await site.nats_client()
+    try:
+        js = nc.jetstream()
+        store = await js.create_object_store(BUNDLES_BUCKET)
+        await store.put(addon.bundle.digest, data)
+    finally:
+        await nc.close()
+    spec = ClusterSpec.model_validate(spec_dict(revision=1, profile={
+        "name": "base", "version": "1",
+        "addons": [addon.model_dump(by_alias=True, mode="json")]}))
+    await site.publish(sign(spec, site.key))
+    return addon
+
+
+async def test_addons_kept_offline_across_restarts_without_write_loops(
+        site: Site, kubelet: Kubelet) -> None:
+    addon = await publish_profile(site)
+    running = await site.start_agent(resync_seconds=0.3)
+    kube = await ApiKubeClient.from_kubeconfig(site.kubeconfig)
+    try:
+        def ready(controller: Any = None) -> bool:
+            st = (controller or running.agent.addons).status.get("guard")
+            return st is not None and st.phase == "Ready"
+
+        await eventually(ready, timeout=60, what="the add-on Ready")
+        assert running.agent.bundles.has(addon.bundle.digest)
+        before = await settled(running.agent.addons)
+
+        # An injector fills the caBundle, the autoscaler scales the Deployment: both are
+        # theirs, and the agent leaves them be.
+        await kube.apply(WEBHOOKS, {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "guard"},
+            "webhooks": [{"name": "guard.example.com", "clientConfig": {"caBundle": CA}}]},
+            field_manager=INJECTOR)
+        await kube.patch(DEPLOYMENTS, "guard", {"spec": {"replicas": 3}}, NS,
+                         field_manager=HPA)
+        await zero_writes_per_resync(running.agent.addons, before, resyncs=5)
+        await kept(kube)
+
+        # The link goes down; someone on site edits the Deployment's image and deletes the
+        # ConfigMap: both restored from what the agent holds.
+        await site.nats.stop()
+        await eventually(lambda: not running.agent.intake.watcher.connected,
+                         what="NATS seen down")
+        await kube.patch(DEPLOYMENTS, "guard", {"spec": {"template": {"spec": {"containers": [
+            {"name": "guard", "image": "registry.example/guard:evil"}]}}}}, NS,
+            field_manager="kubectl-edit")
+        await kube.delete(r.CONFIG_MAP, "guard-config", NS)
+
+        async def repaired() -> bool:
+            try:
+                await kube.get(r.CONFIG_MAP, "guard-config", NS)
+            except NotFound:
+                return False
+            d = await kube.get(DEPLOYMENTS, "guard", NS)
+            return bool(d["spec"]["template"]["spec"]["containers"][0]["image"]
+                        == "registry.example/guard:1")
+
+        await eventually(repaired, timeout=30, what="the edit and the deletion repaired offline")
+        await kept(kube)
+
+        # The agent restarts with NATS still down, after the site lost more: it re-applies
+        # from its disk store (the spec cache and the bundle), fetching nothing.
+        assert await running.shutdown() == 0
+        await kube.delete(r.CONFIG_MAP, "guard-config", NS)
+        await kube.delete(WEBHOOKS, "guard")
+        again = await site.start_agent(resync_seconds=0.3)
+        await eventually(lambda: again.agent.intake.desired is not None,
+                         what="the cached spec loaded")
+        await eventually(repaired, timeout=30, what="the ConfigMap restored after the restart")
+        await eventually(lambda: exists(kube, WEBHOOKS, "guard"), timeout=30,
+                         what="the webhook configuration restored after the restart")
+        await eventually(lambda: ready(again.agent.addons), timeout=30,
+                         what="the add-on Ready again")
+        assert not again.agent.intake.watcher.connected
+        assert again.agent.addons.fetcher is not None
+        assert again.agent.addons.fetcher.fetched_bytes == 0
+        # The re-created webhook is the injector's to fill again: the agent does not write it
+        # nor fight it.
+        before = await settled(again.agent.addons)
+        await kube.apply(WEBHOOKS, {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "guard"},
+            "webhooks": [{"name": "guard.example.com", "clientConfig": {"caBundle": CA}}]},
+            field_manager=INJECTOR)
+        await zero_writes_per_resync(again.agent.addons, before, resyncs=5)
+        await kept(kube)
+    finally:
+        await kube.close()
+
+
+async def exists(kube: ApiKubeClient, res: Resource, name: str) -> bool:
+    try:
+        await kube.get(res, name)
+        return True
+    except NotFound:
+        return False
+
+
+async def settled(controller: Any) -> int:
+    """The controller's write count once its queue is idle (the last repair done)."""
+    await eventually(lambda: controller.queue.depth == 0, timeout=30, what="an idle queue")
+    return int(controller.writes)
+
+
+async def zero_writes_per_resync(controller: Any, before: int, resyncs: int) -> None:
+    """`resyncs` more full passes (each re-reading every object) write nothing since
+    `before`."""
+    await asyncio.sleep(resyncs * controller.resync)
+    await eventually(lambda: controller.queue.depth == 0, timeout=30, what="an idle queue")
+    assert controller.writes == before, (
+        f"a converged add-on was written to {controller.writes - before} times")
+
+
+async def kept(kube: ApiKubeClient) -> None:
+    hook = await kube.get(WEBHOOKS, "guard")
+    assert hook["webhooks"][0]["clientConfig"].get("caBundle") == CA
+    d = await kube.get(DEPLOYMENTS, "guard", NS)
+    assert d["spec"]["replicas"] == 3
