@@ -35,9 +35,11 @@ def objects() -> list[dict[str, Any]]:
     labels = {"app": "guard"}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "guard-config", "namespace": NS},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "guard-config", "namespace": NS},
          "data": {"mode": "enforce"}},
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "guard", "namespace": NS},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "guard", "namespace": NS},
          "spec": {"replicas": 1, "selector": {"matchLabels": labels},
                   "template": {"metadata": {"labels": labels}, "spec": {
                       "tolerations": [{"operator": "Exists"}],
