@@ -141,6 +141,39 @@ def addons_of(obj: Obj) -> list[ProfileAddon]:
     return [ProfileAddon.model_validate(a) for a in (obj.get("spec") or {}).get("addons") or ()]
 
 
+class Capabilities:
+    """The API versions the CRDs of an add-on's lower orders will serve, given to Helm as
+    `--api-versions` (as `group/version` and `group/version/Kind`, the two forms charts test
+    with `.Capabilities.APIVersions.Has`). The gateway never asks the cluster (rendering works
+    for a site that is offline), so a chart that renders its ServiceMonitors only when the
+    monitoring CRDs exist renders them when the profile installs those CRDs first."""
+
+    def __init__(self) -> None:
+        self._by_order: dict[int, set[str]] = {}
+
+    def add(self, order: int, objects: list[Obj]) -> None:
+        served = self._by_order.setdefault(order, set())
+        for o in objects:
+            if o.get("kind") != "CustomResourceDefinition" or not str(
+                    o.get("apiVersion", "")).startswith("apiextensions.k8s.io/"):
+                continue
+            spec = o.get("spec") or {}
+            group, kind = spec.get("group"), (spec.get("names") or {}).get("kind")
+            for v in spec.get("versions") or ():
+                if group and isinstance(v, Mapping) and v.get("served", True) and v.get("name"):
+                    served.add(f"{group}/{v['name']}")
+                    if kind:
+                        served.add(f"{group}/{v['name']}/{kind}")
+
+    def below(self, order: int) -> tuple[str, ...]:
+        return tuple(sorted(set().union(*(v for o, v in self._by_order.items() if o < order))))
+
+
+def by_order(addons: list[ProfileAddon]) -> list[ProfileAddon]:
+    """The add-ons in the order they are rendered: lower orders first (stable)."""
+    return sorted(addons, key=lambda a: a.order)
+
+
 class Sources:
     """Fetches and renders add-on sources, each distinct input once (a bounded cache)."""
 
@@ -154,18 +187,19 @@ class Sources:
         self._locks: dict[str, asyncio.Lock] = {}
         self._http: aiohttp.ClientSession | None = None
 
-    def key(self, addon: ProfileAddon, ctx: RenderContext) -> str:
+    def key(self, addon: ProfileAddon, ctx: RenderContext, apis: tuple[str, ...] = ()) -> str:
         values = merge(addon.helm.values if addon.helm else {},
                        ctx.values.get(addon.name) or {})
         major, minor, patch = version_tuple(ctx.kube_version)
         body = [addon.model_dump(mode="json", include={"url", "sha256", "upload", "helm",
                                                        "namespace", "name"}),
-                values, f"v{major}.{minor}.{patch}" if addon.helm else None]
+                values, [f"v{major}.{minor}.{patch}", apis] if addon.helm else None]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
-    def objects(self, addon: ProfileAddon, ctx: RenderContext) -> list[Obj]:
+    def objects(self, addon: ProfileAddon, ctx: RenderContext,
+                apis: tuple[str, ...] = ()) -> list[Obj]:
         """The rendered objects of a non-inline add-on; raises NotRendered or RenderError."""
-        found = self._done.get(self.key(addon, ctx))
+        found = self._done.get(self.key(addon, ctx, apis))
         if found is None:
             raise NotRendered(addon.name)
         if isinstance(found, RenderError):
@@ -174,16 +208,20 @@ class Sources:
 
     async def prepare(self, addons: list[ProfileAddon], ctx: RenderContext) -> None:
         """Fetch and render what `addons` need for this cluster (cached; never raises for a
-        source that fails: its error is kept and reported when the spec is built)."""
-        for addon in addons:
+        source that fails: its error is kept and reported when the spec is built). Lower
+        orders first: what their CRDs serve is a capability of the higher ones."""
+        caps = Capabilities()
+        for addon in by_order(addons):
             if addon.inline:
+                caps.add(addon.order, list(addon.manifests))
                 continue
-            key = self.key(addon, ctx)
+            apis = caps.below(addon.order)
+            key = self.key(addon, ctx, apis)
             lock = self._locks.setdefault(key, asyncio.Lock())
             async with lock:
                 if key not in self._done:
                     try:
-                        result: list[Obj] | RenderError = await self._render(addon, ctx)
+                        result: list[Obj] | RenderError = await self._render(addon, ctx, apis)
                     except RenderError as e:
                         result = RenderError(f"add-on {addon.name}: {e}")
                         log.warning("%s", result)
@@ -191,8 +229,12 @@ class Sources:
                     while len(self._done) > self.max_entries:
                         self._done.popitem(last=False)
             self._locks.pop(key, None)
+            done = self._done.get(key)
+            if isinstance(done, list):
+                caps.add(addon.order, done)
 
-    async def _render(self, addon: ProfileAddon, ctx: RenderContext) -> list[Obj]:
+    async def _render(self, addon: ProfileAddon, ctx: RenderContext,
+                      apis: tuple[str, ...]) -> list[Obj]:
         source = f"add-on {addon.name}"
         if addon.upload is not None:
             return parse_documents(await self._uploaded(addon.upload), source)
@@ -208,7 +250,7 @@ class Sources:
                                      archive=archive)
         return await self.helm.template(
             chart, release=h.release or addon.name, namespace=addon.namespace or "default",
-            kube_version=ctx.kube_version, api_versions=(),
+            kube_version=ctx.kube_version, api_versions=apis,
             values=merge(h.values, ctx.values.get(addon.name) or {}))
 
     async def _uploaded_bytes(self, digest: str) -> bytes:
@@ -259,20 +301,27 @@ async def read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
 
 
 def profile_of(obj: Obj, ctx: RenderContext | None = None,
-               objects: Callable[[ProfileAddon], list[Obj]] | None = None) -> Profile:
+               objects: Callable[[ProfileAddon, tuple[str, ...]], list[Obj]] | None = None,
+               ) -> Profile:
     """The add-ons of a ClusterProfile object, rendered into bundles for a cluster; raises
     ValidationError, RenderError (naming the add-on and the object at fault), or NotRendered
-    for a source `objects` has not got yet."""
+    for a source `objects` (given the add-on and its Capabilities) has not got yet."""
     spec = obj.get("spec") or {}
-    addons: list[Addon] = []
-    bundles: dict[str, bytes] = {}
-    for a in addons_of(obj):
+    listed = addons_of(obj)
+    caps = Capabilities()
+    objects_of: dict[str, list[Obj]] = {}
+    for a in by_order(listed):
         if a.inline:
-            objs = list(a.manifests)
+            objects_of[a.name] = list(a.manifests)
         elif objects is None:
             raise NotRendered(a.name)
         else:
-            objs = objects(a)
+            objects_of[a.name] = objects(a, caps.below(a.order))
+        caps.add(a.order, objects_of[a.name])
+    addons: list[Addon] = []
+    bundles: dict[str, bytes] = {}
+    for a in listed:
+        objs = objects_of[a.name]
         rendered = build_bundle(a.name, a.version, objs, namespace=a.namespace,
                                 source=f"add-on {a.name}")
         bundles[rendered.ref.digest] = rendered.data

@@ -128,7 +128,8 @@ class OutpostClusters:
         found = self._rendered.get(key)
         if found is None:
             sources = self.sources
-            objects = (lambda a: sources.objects(a, ctx)) if sources is not None else None
+            objects = ((lambda a, apis: sources.objects(a, ctx, apis)) if sources is not None
+                       else None)
             try:
                 found = profile_of(profile, ctx, objects)
             except NotRendered:
