@@ -8,7 +8,8 @@ API and a real nats-server.
 - writes per converged resync (target 0);
 - drift correction: a deleted ConfigMap back, p50 and p99 over 50 deletions;
 - memory: the process's resident set before the controller starts and with the profile
-  installed.
+  installed; then the real agent as its own process (`python -m agent.daemon`, as in its
+  Deployment), converged on a spec without add-ons and again with this profile installed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import random
 import statistics
 import tempfile
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from nats.js.api import ObjectStoreConfig
+import nats.js.errors
+from nats.js.api import KeyValueConfig, ObjectStoreConfig
 
 from agent.intake.bundles import BundleFetcher, ContentStore
 from agent.kube import ApiKubeClient, NotFound
@@ -34,11 +37,13 @@ from agent.reconcile.inventory import InventoryStore
 from agent.reconcile.mapper import RestMapper
 from agent.spec import ClusterSpec
 from agent.spec.addons import Addon, Bundle, BundleRef, digest_of
-from agent.spec.wire import BUNDLES_BUCKET
+from agent.spec.wire import BUNDLES_BUCKET, STATUS_BUCKET
 from testbed.apiserver import ApiServer
 from testbed.kubeconfig import write_kubeconfig
 from testbed.natsd import NatsServer
-from testbed.site import spec_dict
+from testbed.site import CLUSTER, Site, spec_dict
+
+from .procs import proc_stats, start_agent, stop_agent
 
 NS = "bench-addon"
 OBJECTS = 500
@@ -86,6 +91,51 @@ async def _until(check: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not after {timeout:.0f}s")
         await asyncio.sleep(0.01)
+
+
+async def _agent_process(bundle: Bundle, data: bytes, ref: BundleRef) -> None:
+    """The agent process's resident memory, converged without add-ons and with the profile."""
+    with tempfile.TemporaryDirectory() as tmp:
+        site = await Site.create(Path(tmp))
+        nc = await site.nats_client()
+        try:
+            await site.publish(ClusterSpec.model_validate(spec_dict(revision=1)))
+            js = nc.jetstream()
+            store = await js.create_object_store(BUNDLES_BUCKET)
+            await store.put(ref.digest, data)
+            status = await js.create_key_value(KeyValueConfig(bucket=STATUS_BUCKET))
+
+            async def reported(revision: int, addons: int) -> bool:
+                try:
+                    st = json.loads((await status.get(CLUSTER)).value or b"{}")
+                except nats.js.errors.KeyNotFoundError:
+                    return False
+                ready = [a for a in st.get("addons") or () if a.get("phase") == "Ready"]
+                return bool(st.get("appliedRevision") == revision and len(ready) == addons)
+
+            proc = await start_agent(site, "agent")
+            try:
+                await _until(lambda: reported(1, 0), 120, "revision 1 applied")
+                await asyncio.sleep(5)  # idle: a few resyncs
+                rss0, _, _ = proc_stats(proc.pid)
+                addon = Addon(name="big", version="1", bundle=ref)
+                t0 = time.perf_counter()
+                await site.publish(ClusterSpec.model_validate(spec_dict(revision=2, profile={
+                    "name": "bench", "version": "1",
+                    "addons": [addon.model_dump(by_alias=True, mode="json")]})))
+                await _until(lambda: reported(2, 1), 600, "the profile Ready")
+                ready = time.perf_counter() - t0
+                await asyncio.sleep(5)
+                rss1, hwm, _ = proc_stats(proc.pid)
+            finally:
+                await stop_agent(proc)
+            print(f"  agent process (python -m agent.daemon): {rss0:.0f} MiB resident converged "
+                  f"without add-ons; {rss1:.0f} MiB with the {len(data) / 2**20:.1f} MiB, "
+                  f"{len(bundle.objects)}-object profile installed (peak {hwm:.0f} MiB; "
+                  f"fetched, applied and Ready in {ready:.1f}s)")
+        finally:
+            await nc.close()
+            await site.close()
 
 
 async def main() -> None:
@@ -188,3 +238,4 @@ async def main() -> None:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+    await _agent_process(bundle, data, ref)

@@ -8,9 +8,7 @@ the emulated API — the least any agent must spend to turn a published spec int
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,10 +17,12 @@ from typing import Any
 import nats
 from kubernetes_asyncio import client
 
-from agent.spec import public_key_text, sign
+from agent.spec import sign
 from agent.spec.wire import SPECS_BUCKET
 from testbed.apiserver.store import Event
 from testbed.site import CLUSTER, NS, Site, make_spec
+
+from .procs import proc_stats, start_agent, stop_agent
 
 REVISIONS = 200
 
@@ -129,37 +129,16 @@ async def _resync_cost(site: Site) -> tuple[float, float]:
     return w, r
 
 
-def _proc_stats(pid: int) -> tuple[float, float]:
-    """(RSS in MiB, CPU seconds) of a process, from /proc."""
-    rss = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return rss, (int(fields[11]) + int(fields[12])) / ticks
-
-
 async def _idle(site: Site, seconds: float = 10.0) -> tuple[float, float]:
-    env = {**os.environ,
-           "OUTPOST_AGENT_CLUSTER_NAME": CLUSTER,
-           "OUTPOST_AGENT_NATS_SERVERS": site.nats.url,
-           "OUTPOST_AGENT_PUBLIC_KEYS": public_key_text(site.key.public_key()),
-           "OUTPOST_AGENT_STATE_DIR": str(site.root / "idle-state"),
-           "OUTPOST_AGENT_KUBECONFIG": str(site.kubeconfig),
-           "OUTPOST_AGENT_IDENTITY": "idle", "OUTPOST_AGENT_HTTP_HOST": "127.0.0.1",
-           "OUTPOST_AGENT_HTTP_PORT": "0", "OUTPOST_AGENT_LOG_LEVEL": "WARNING"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.daemon", env=env,
-                                                stderr=asyncio.subprocess.DEVNULL)
+    proc = await start_agent(site, "idle")
     try:
         await asyncio.sleep(5.0)  # start, take the lease, converge
-        rss0, cpu0 = _proc_stats(proc.pid)
+        rss0, _, cpu0 = proc_stats(proc.pid)
         await asyncio.sleep(seconds)
-        rss1, cpu1 = _proc_stats(proc.pid)
+        rss1, _, cpu1 = proc_stats(proc.pid)
         return max(rss0, rss1), (cpu1 - cpu0) / seconds * 100
     finally:
-        proc.terminate()
-        await proc.wait()
+        await stop_agent(proc)
 
 
 async def main() -> None:
