@@ -21,7 +21,7 @@ from agent.kube import resources as r
 from agent.reconcile.addons import AddonController
 from agent.reconcile.inventory import InventoryStore
 from agent.spec import ClusterSpec
-from agent.spec.addons import Addon, Bundle, BundleRef, digest_of
+from agent.spec.addons import Addon, Bundle, BundleRef, Hook, digest_of
 from testbed.backends import KubeApi
 from testbed.kubelet import Kubelet
 from tests.fixtures.site import eventually, spec_dict
@@ -287,3 +287,40 @@ async def test_the_timeout_keeps_counting_across_agent_restarts(engine: Engine,
     await engine.converged("app", phase="Degraded", timeout=60)
     assert "rolled back to 1" in later.status["app"].message
     assert later.inventory["app"].failed_digest == bad[0].bundle.digest
+
+
+JOBS = Resource("batch", "v1", "jobs", "Job")
+
+
+async def test_a_removed_addon_runs_its_pre_delete_hooks_then_is_pruned(engine: Engine) -> None:
+    """Helm's pre-delete hooks (a Job that deregisters the site, drains a queue) run when the
+    add-on leaves the profile, and only then are its objects pruned."""
+    kube, c = engine.kube, engine.controller
+    hook_job = {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": "deregister", "namespace": "default"},
+                "spec": {"backoffLimit": 0, "template": {"spec": {
+                    "restartPolicy": "Never", "tolerations": TOLERATION,
+                    "containers": [{"name": "c", "image": "registry.example/tool:1"}]}}}}
+    objs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "addon-a"}},
+            {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": "app-config", "namespace": "addon-a"}, "data": {"a": "1"}}]
+    bundle = Bundle(name="app", version="1", objects=tuple(objs),
+                    hooks=(Hook(phase="pre-delete", object=hook_job),))
+    data = bundle.encode()
+    app = Addon(name="app", version="1", bundle=BundleRef(
+        digest=digest_of(data), size=len(data), objects=len(objs)))
+    engine.publish(1, (app, bundle))
+    await engine.converged("app")
+    with pytest.raises(NotFound):  # not run at install
+        await kube.get(JOBS, "deregister", "default")
+
+    engine.publish(2)  # the add-on left the profile
+
+    async def removed() -> bool:
+        return "app" not in c.inventory and "app" not in c.status
+    await eventually(removed, timeout=90, what="the add-on removed")
+    job = await kube.get(JOBS, "deregister", "default")
+    assert job["metadata"]["labels"]["outpost.io/hook"] == "pre-delete"
+    assert job["status"].get("succeeded") == 1
+    with pytest.raises(NotFound):
+        await kube.get(r.CONFIG_MAP, "app-config", "addon-a")
