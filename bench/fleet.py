@@ -49,7 +49,7 @@ from testbed.natsd import NatsServer
 
 SIZES = (100, 1_000, 10_000)
 EDITS = 200
-EDIT_RATE = 20.0  # edits per second
+EDIT_RATE = float(os.environ.get("OUTPOST_BENCH_EDIT_RATE", "20"))  # edits per second
 QUIET = 30.0  # seconds of steady state observed
 NS = "fleet"
 GATEWAY = "outpost-gateway"

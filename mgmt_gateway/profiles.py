@@ -54,6 +54,8 @@ class HelmSource(Model):
     release: str | None = Field(default=None, max_length=53,
                                 description="the release name (default: the add-on's name)")
     values: dict[str, Any] = Field(default_factory=dict)
+    plain_http: bool = Field(default=False, description="pull an oci:// chart over plain HTTP "
+                                                        "(a registry without TLS)")
 
     @model_validator(mode="after")
     def _one_origin(self) -> HelmSource:
@@ -65,6 +67,8 @@ class HelmSource(Model):
         if self.archive is None and not self.repo and not self.chart.startswith("oci://"):
             raise ValueError(f"chart {self.chart!r}: give its `repo` URL, an oci:// reference "
                              "or an uploaded `archive`")
+        if self.plain_http and not self.chart.startswith("oci://"):
+            raise ValueError("plainHttp applies to oci:// charts only")
         if self.archive is None and not self.version:
             raise ValueError(f"chart {self.chart!r}: pin its `version` (a profile version "
                              "must always render the same)")
@@ -247,7 +251,7 @@ class Sources:
         h = addon.helm
         archive = (await self._uploaded_bytes(h.archive)) if h.archive else None
         chart = await self.helm.pull(repo=h.repo, chart=h.chart, version=h.version,
-                                     archive=archive)
+                                     archive=archive, plain_http=h.plain_http)
         return await self.helm.template(
             chart, release=h.release or addon.name, namespace=addon.namespace or "default",
             kube_version=ctx.kube_version, api_versions=apis,

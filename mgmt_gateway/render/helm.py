@@ -67,10 +67,10 @@ class Helm:
         return out.decode()
 
     async def pull(self, *, repo: str | None, chart: str, version: str | None,
-                   archive: bytes | None = None) -> Path:
+                   archive: bytes | None = None, plain_http: bool = False) -> Path:
         """The chart's directory in the cache, pulled on first use."""
         what = json.dumps([repo, chart, version, hashlib.sha256(archive).hexdigest()
-                           if archive is not None else None])
+                           if archive is not None else None])  # the same bytes either way
         key = hashlib.sha256(what.encode()).hexdigest()[:24]
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -88,6 +88,8 @@ class Helm:
                         args += ["--repo", repo]
                     if version:
                         args += ["--version", version]
+                    if plain_http:
+                        args.append("--plain-http")
                     await self._run(*args)
                 if archive is not None:
                     _untar(work / "chart.tgz", work / "out")

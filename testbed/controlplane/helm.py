@@ -1,6 +1,6 @@
-"""The pinned helm binary (helm.sh/helm/v4, built by build.py from the wrapper module in
-go/helm, next to the control plane) for tests that run the real `helm` against a testbed
-cluster: `built_helm()` is its path, verified as build.py verifies it."""
+"""The pinned tools build.py builds next to the control plane, for tests: helm (helm.sh/helm/v4,
+from go/helm), and go-containerregistry's in-memory OCI registry (from go/registry) that charts
+are pushed to and pulled from by oci://. Each path is verified as build.py verifies it."""
 
 from __future__ import annotations
 
@@ -9,18 +9,27 @@ from pathlib import Path
 from . import build
 from .launcher import ControlPlaneError
 
-__all__ = ["built_helm"]
+__all__ = ["built_helm", "built_registry"]
 
 
 def built_helm() -> Path:
     """The helm binary from the cache, verified (it prints the pinned version and was built from
     go/helm's go.mod/go.sum and flags); raises ControlPlaneError saying what to run when it is
     missing or stale."""
+    return _built(build.HELM)
+
+
+def built_registry() -> Path:
+    """The OCI registry binary from the cache, verified by its Go build info."""
+    return _built(build.REGISTRY)
+
+
+def _built(wrapper: build.Wrapper) -> Path:
     try:
-        comp = next(c for c in build.components(build.check_go()) if c.wrapper is build.HELM)
+        comp = next(c for c in build.components(build.check_go()) if c.wrapper is wrapper)
     except build.BuildError as e:
-        raise ControlPlaneError(f"cannot locate the helm binary: {e}") from e
+        raise ControlPlaneError(f"cannot locate the {wrapper.name} binary: {e}") from e
     if (why := comp.verify()) is not None:
-        raise ControlPlaneError(f"helm {comp.version} missing or stale ({why}): "
+        raise ControlPlaneError(f"{wrapper.name} {comp.version} missing or stale ({why}): "
                                 "run `make controlplane`")
     return comp.path

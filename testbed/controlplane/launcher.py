@@ -50,7 +50,7 @@ def built_binaries() -> Binaries:
 
     try:
         comps = {c.name: c for c in build.components(build.check_go())
-                 if c.wrapper is not build.HELM}  # helm: see .helm.built_helm
+                 if c.wrapper not in build.TOOLS}  # helm: see .helm.built_helm
     except build.BuildError as e:
         raise ControlPlaneError(f"cannot locate the control-plane binaries: {e}") from e
     bad = {name: why for name, c in comps.items() if (why := c.verify()) is not None}

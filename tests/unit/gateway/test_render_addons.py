@@ -77,3 +77,15 @@ def test_a_cluster_profile_renders_into_references() -> None:
     data = profile.bundles[a.bundle.digest]
     assert decode_bundle(data, a.bundle).objects[0]["metadata"]["namespace"] == "ops"
     assert len(a.model_dump_json()) < 1000  # the spec holds a reference, not the content
+
+
+def test_plain_http_is_for_oci_charts_only() -> None:
+    from pydantic import ValidationError
+
+    from mgmt_gateway.profiles import HelmSource
+
+    assert HelmSource.model_validate({"chart": "oci://registry.local/charts/x", "version": "1",
+                                      "plainHttp": True}).plain_http
+    with pytest.raises(ValidationError, match="plainHttp applies to oci:// charts only"):
+        HelmSource.model_validate({"repo": "http://charts.local/", "chart": "x",
+                                   "version": "1", "plainHttp": True})

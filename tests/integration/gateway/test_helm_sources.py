@@ -1,7 +1,11 @@
-"""Charts are rendered knowing what the profile's lower orders install: a chart that renders its
-custom resources only when their API exists (`.Capabilities.APIVersions.Has`, as most charts
-do for ServiceMonitors) renders them when a lower-order add-on brings the CRD, and not
-otherwise. The gateway never asks the cluster, so a site that is offline renders the same."""
+"""Charts at the gateway, with the real helm:
+
+- rendered knowing what the profile's lower orders install: a chart that renders its custom
+  resources only when their API exists (`.Capabilities.APIVersions.Has`, as most charts do for
+  ServiceMonitors) renders them when a lower-order add-on brings the CRD, and not otherwise (the
+  gateway never asks the cluster, so a site that is offline renders the same);
+- pulled by an oci:// reference from a real OCI registry, the version pinned.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from agent.spec.addons import decode_bundle, digest_of
 from mgmt_gateway.profiles import RenderContext, Sources, addons_of, profile_of
 from mgmt_gateway.render.helm import Helm
 from testbed.controlplane.helm import built_helm
+from testbed.registry import OciRegistry
 
 CHART = {
     "Chart.yaml": "apiVersion: v2\nname: exporter\nversion: 0.1.0\n",
@@ -30,17 +35,21 @@ CRD = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinitio
                 "versions": [{"name": "v1", "served": True, "storage": True}]}}
 
 
-async def package(tmp: Path) -> bytes:
-    src = tmp / "exporter"
-    for name, text in CHART.items():
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_text(text)
+async def helm(*args: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        str(built_helm()), "package", str(src), "-d", str(tmp),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        str(built_helm()), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
-    return (tmp / "exporter-0.1.0.tgz").read_bytes()
+
+
+async def package(tmp: Path, version: str = "0.1.0", port: str = "9100") -> Path:
+    src = tmp / f"exporter-{version}"
+    for name, text in CHART.items():
+        text = text.replace("0.1.0", version).replace("9100", port)
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text)
+    await helm("package", str(src), "-d", str(tmp))
+    return tmp / f"exporter-{version}.tgz"
 
 
 def profile(archive: str, *, crd_order: int | None) -> dict[str, Any]:
@@ -63,7 +72,7 @@ async def rendered_kinds(sources: Sources, obj: dict[str, Any]) -> list[str]:
 
 
 async def test_a_chart_sees_the_apis_lower_orders_install(tmp_path: Path) -> None:
-    tgz = await package(tmp_path)
+    tgz = (await package(tmp_path)).read_bytes()
     digest = digest_of(tgz)
 
     async def content(d: str) -> bytes | None:
@@ -79,3 +88,31 @@ async def test_a_chart_sees_the_apis_lower_orders_install(tmp_path: Path) -> Non
         assert await rendered_kinds(sources, profile(digest, crd_order=1)) == ["ConfigMap"]
     finally:
         await sources.close()
+
+
+async def test_a_chart_pulled_from_an_oci_registry(tmp_path: Path) -> None:
+    async with OciRegistry(tmp_path / "registry") as registry:
+        # Two versions in the registry: the profile's pin decides which one renders.
+        for version, port in (("0.1.0", "9100"), ("0.2.0", "9200")):
+            await helm("push", str(await package(tmp_path, version, port)),
+                       f"oci://{registry.host}/charts", "--plain-http")
+
+        async def no_content(_: str) -> bytes | None:
+            return None
+
+        sources = Sources(Helm(built_helm(), tmp_path / "cache"), no_content)
+        try:
+            obj = {"metadata": {"name": "p", "namespace": "fleet"}, "spec": {
+                "name": "p", "version": "1", "addons": [{
+                    "name": "exporter", "version": "0.1.0", "namespace": "monitoring",
+                    "helm": {"chart": f"oci://{registry.host}/charts/exporter",
+                             "version": "0.1.0", "plainHttp": True}}]}}
+            ctx = RenderContext("v1.35.2", {})
+            await sources.prepare(addons_of(obj), ctx)
+            p = profile_of(obj, ctx, lambda a, apis: sources.objects(a, ctx, apis))
+            (addon,) = p.spec.addons
+            (cm,) = decode_bundle(p.bundles[addon.bundle.digest], addon.bundle).objects
+            assert cm["data"] == {"port": "9100"}
+            assert cm["metadata"]["namespace"] == "monitoring"
+        finally:
+            await sources.close()
