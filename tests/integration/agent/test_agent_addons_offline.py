@@ -1,7 +1,8 @@
 """The whole agent (intake, bundle fetch, add-on controller) keeps a site's add-ons while the
 link to the management plane is down: drift repaired with NATS stopped, a restart with NATS
 still down re-applying from the disk store, and no write loop against an autoscaler that owns a
-Deployment's replicas or an injector that fills a webhook's caBundle."""
+Deployment's replicas or an injector that fills a webhook's caBundle. On both API backends: a
+cluster as a pivot leaves it (no simulated CAPI: the add-ons are what is under test)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,29 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats
+import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.js.api import KeyValueConfig
 
+from agent.daemon import Agent
 from agent.kube import ApiKubeClient, NotFound, Resource
 from agent.kube import resources as r
-from agent.spec import ClusterSpec
+from agent.reconcile.mapper import RestMapper
+from agent.settings import Settings
+from agent.spec import ClusterSpec, public_key_text, sign
 from agent.spec.addons import Addon, Bundle, BundleRef, digest_of
-from agent.spec.wire import BUNDLES_BUCKET
+from agent.spec.wire import BUNDLES_BUCKET, SPECS_BUCKET
+from testbed.backends import KubeApi
 from testbed.kubelet import Kubelet
-from testbed.site import sign
-from tests.fixtures.site import Site, eventually, spec_dict
+from testbed.natsd import NatsServer
+from testbed.site import CLUSTER, RunningAgent, make_spec, pivoted_objects
+from tests.fixtures.nats import nats_server
+from tests.fixtures.site import eventually, spec_dict
+
+__all__ = ["nats_server"]
+pytestmark = pytest.mark.both_backends
 
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 WEBHOOKS = Resource("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
@@ -64,14 +78,63 @@ def objects() -> list[dict[str, Any]]:
     ]
 
 
+class Site:
+    """A pivoted workload cluster on either backend, a real NATS server, the gateway's key,
+    and whole agents run in-process against them (with a stand-in kubelet running pods)."""
+
+    def __init__(self, api: KubeApi, kubeconfig: Path, nats_server: NatsServer,
+                 root: Path) -> None:
+        self.api, self.kubeconfig, self.nats, self.root = api, kubeconfig, nats_server, root
+        self.key = Ed25519PrivateKey.generate()
+        self.agents: list[RunningAgent] = []
+
+    async def start_agent(self) -> RunningAgent:
+        kube = await ApiKubeClient.from_kubeconfig(self.kubeconfig)
+        agent = Agent(Settings(
+            cluster_name=CLUSTER, nats_servers=[self.nats.url],
+            public_keys=[public_key_text(self.key.public_key())],
+            state_dir=self.root / "state", kubeconfig=self.kubeconfig, identity="agent-a",
+            agent_namespace="outpost-system", resync_seconds=0.3,
+            status_interval_seconds=0.5, lease_duration_seconds=2.0, http_host="127.0.0.1",
+            http_port=0, shutdown_grace_seconds=5.0, retry_max_seconds=0.5), kube)
+        stop = asyncio.Event()
+        running = RunningAgent(agent, asyncio.create_task(agent.run(stop)), stop, kube)
+        self.agents.append(running)
+        return running
+
+    async def nats_client(self) -> nats.aio.client.Client:
+        return await nats.connect(self.nats.url, max_reconnect_attempts=1)
+
+    async def publish(self, raw: bytes) -> None:
+        nc = await self.nats_client()
+        try:
+            kv = await nc.jetstream().create_key_value(KeyValueConfig(
+                bucket=SPECS_BUCKET, history=10, direct=True))
+            await kv.put(CLUSTER, raw)
+        finally:
+            await nc.close()
+
+
 @pytest_asyncio.fixture
-async def kubelet(site: Site, tmp_path: Path) -> AsyncIterator[Kubelet]:
-    k = Kubelet(site.api, tmp_path / "kubelet")
-    await k.start()
+async def site(capi_api: KubeApi, kubeconfig: Path, nats_server: NatsServer,
+               tmp_path: Path) -> AsyncIterator[Site]:
+    kube = await ApiKubeClient.from_kubeconfig(kubeconfig)
     try:
-        yield k
+        mapper = RestMapper(kube)
+        for obj in pivoted_objects(make_spec()):
+            await kube.apply(await mapper.resource(obj), obj, field_manager="outpost-pivot")
     finally:
-        await k.stop()
+        await kube.close()
+    kubelet = Kubelet(capi_api, tmp_path / "kubelet")
+    await kubelet.start()
+    s = Site(capi_api, kubeconfig, nats_server, tmp_path)
+    try:
+        yield s
+    finally:
+        for running in s.agents:
+            if not running.task.done():
+                await running.kill()
+        await kubelet.stop()
 
 
 async def publish_profile(site: Site) -> Addon:
@@ -95,10 +158,9 @@ async def publish_profile(site: Site) -> Addon:
     return addon
 
 
-async def test_addons_kept_offline_across_restarts_without_write_loops(
-        site: Site, kubelet: Kubelet) -> None:
+async def test_addons_kept_offline_across_restarts_without_write_loops(site: Site) -> None:
     addon = await publish_profile(site)
-    running = await site.start_agent(resync_seconds=0.3)
+    running = await site.start_agent()
     kube = await ApiKubeClient.from_kubeconfig(site.kubeconfig)
     try:
         def ready(controller: Any = None) -> bool:
@@ -148,7 +210,7 @@ async def test_addons_kept_offline_across_restarts_without_write_loops(
         assert await running.shutdown() == 0
         await kube.delete(r.CONFIG_MAP, "guard-config", NS)
         await kube.delete(WEBHOOKS, "guard")
-        again = await site.start_agent(resync_seconds=0.3)
+        again = await site.start_agent()
         await eventually(lambda: again.agent.intake.desired is not None,
                          what="the cached spec loaded")
         await eventually(repaired, timeout=30, what="the ConfigMap restored after the restart")
