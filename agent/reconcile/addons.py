@@ -194,8 +194,7 @@ class AddonController:
         Never raises but for cancellation."""
         work = _Work()
         try:
-            again = await self._reconcile(name, work)
-            work.error = None
+            again = await self._reconcile(name, work)  # a Failed version keeps its error
         except Waiting as e:
             work.message = str(e)
             again = self.retry
@@ -262,12 +261,16 @@ class AddonController:
         if started is None:
             started = self._started[(name, target.digest)] = self._resumed(inv, addon)
         work.phase = "Applying" if fresh else "Ready"
+        # onFailure Hold: the failed version stays applied and repaired; its failure is told
+        # once, and it is Ready again only if it becomes healthy after all.
+        held = inv is not None and inv.failed_digest == target.digest
         try:
             await self._converge(addon, bundle, target, spec.revision, work)
         except Waiting:
             if fresh and self.clock() - started > addon.timeout_seconds:
                 why = f"not healthy after {addon.timeout_seconds}s: {work.message}"
-                await self._failed(addon, target, why)
+                if not held:
+                    await self._failed(addon, target, why)
                 work.phase, work.error = "Failed", why
                 if rolled_back:  # the last good version does not come back either: hold
                     return self.resync
@@ -276,7 +279,8 @@ class AddonController:
                 work.phase = "Degraded"
             raise
         except VersionFailed as e:
-            await self._failed(addon, target, str(e))
+            if not held:
+                await self._failed(addon, target, str(e))
             work.phase, work.error = "Failed", str(e)
             if rolled_back:
                 return self.resync
@@ -338,6 +342,8 @@ class AddonController:
                                          "ready": False, "attempt_started": self.wall(),
                                          "upgrade": bool(inv.last_good_digest)})
             await self._save(inv)
+        if inv.prune_volumes != addon.prune_volumes:  # what removing the add-on will do
+            inv = await self._save(inv.model_copy(update={"prune_volumes": addon.prune_volumes}))
         pre, post = ("pre-upgrade", "post-upgrade") if inv.upgrade else ("pre-install",
                                                                          "post-install")
         if pre not in inv.hooks_done:
@@ -368,12 +374,15 @@ class AddonController:
         if dropped:
             work.phase, work.message = "Pruning", f"pruning {len(dropped)} objects the " \
                                                   "version no longer has"
-            kept = await self._prune(addon, dropped)
+            kept = await self._prune(addon.prune_volumes, dropped)
             inv = await self._save(inv.model_copy(update={"entries": tuple(
                 e for e in inv.entries if e.key in wanted or e.key in kept)}))
-        if not inv.ready or inv.last_good_digest != target.digest:
+        if not inv.ready or inv.last_good_digest != target.digest or inv.failed_digest == (
+                target.digest):
+            # A held version that became healthy after all is a good one.
             inv = await self._save(inv.model_copy(update={
                 "ready": True, "last_good_digest": target.digest,
+                "failed_digest": "" if inv.failed_digest == target.digest else inv.failed_digest,
                 "last_good_version": bundle.version, "last_good_size": target.size,
                 "last_good_objects": target.objects}))
             log.info("add-on %s version %s is healthy (%d objects)", addon.name,
@@ -542,10 +551,9 @@ class AddonController:
         raise Waiting(f"{res.kind} {name} from an earlier hook run is still being deleted")
 
     # -- prune ---------------------------------------------------------------------------------
-    async def _prune(self, addon: Addon | None, entries: list[Entry]) -> set[ObjKey]:
+    async def _prune(self, prune_volumes: bool, entries: list[Entry]) -> set[ObjKey]:
         """Delete `entries` in prune order; returns the keys left in place on purpose (objects
         the agent did not create, volumes not asked for) or not deleted yet."""
-        prune_volumes = addon.prune_volumes if addon is not None else False
         by_key = {e.key: e for e in entries}
         kept: set[ObjKey] = set()
         for key in prune_sorted((e.key, e.stage) for e in entries):
@@ -583,7 +591,7 @@ class AddonController:
             await self._hooks(stub, bundle, "pre-delete")
             inv = await self._save(inv.model_copy(update={
                 "hooks_done": (*inv.hooks_done, "pre-delete")}))
-        await self._prune(None, list(inv.entries))
+        await self._prune(inv.prune_volumes, list(inv.entries))
         self.inventory.pop(inv.addon, None)
         await self.inventories.remove(inv.addon)
         log.info("add-on %s removed (%d objects pruned)", inv.addon, len(inv.entries),

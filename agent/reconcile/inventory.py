@@ -64,6 +64,8 @@ class Inventory(Model):
     last_good_digest: str = ""
     last_good_size: int = 0
     last_good_objects: int = 0
+    prune_volumes: bool = Field(default=False, description="the add-on's pruneVolumes, kept "
+                                "for when it leaves the profile")
     failed_digest: str = Field(default="", description="a version that failed its health; "
                                                        "not retried until the spec changes it")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,6 +290,7 @@ async def test_the_timeout_keeps_counting_across_agent_restarts(engine: Engine,
 
 
 JOBS = Resource("batch", "v1", "jobs", "Job")
+PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 
 
 async def test_a_removed_addon_runs_its_pre_delete_hooks_then_is_pruned(engine: Engine) -> None:
@@ -324,3 +325,77 @@ async def test_a_removed_addon_runs_its_pre_delete_hooks_then_is_pruned(engine: 
     assert job["status"].get("succeeded") == 1
     with pytest.raises(NotFound):
         await kube.get(r.CONFIG_MAP, "app-config", "addon-a")
+
+
+async def test_a_failing_addon_holds_the_next_order_but_not_its_own(engine: Engine) -> None:
+    c = engine.controller
+    never = [{"apiGroup": "apps", "kind": "Deployment", "conditions": [{"type": "NeverTrue"}]}]
+    broken = addon("broken", "1", [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "addon-a"}},
+        deployment()], timeout_seconds=10, on_failure="Hold", health=never)
+    fine = addon("fine", "1", [{"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": "fine", "namespace": "default"},
+                                "data": {"a": "1"}}])
+    later = addon("later", "1", [{"apiVersion": "v1", "kind": "ConfigMap",
+                                  "metadata": {"name": "later", "namespace": "default"}}],
+                  order=1)
+    engine.publish(1, broken, fine, later)
+
+    def phase(name: str, want: str) -> Callable[[], bool]:
+        def check() -> bool:
+            st = c.status.get(name)
+            return st is not None and st.phase == want
+        return check
+
+    # The same order as the broken one: not held up by it.
+    await eventually(phase("fine", "Ready"), timeout=60, what="fine Ready")
+    broken_now = c.status.get("broken")
+    assert broken_now is None or broken_now.phase == "Applying"
+    await eventually(phase("broken", "Failed"), timeout=60, what="the broken add-on Failed")
+    assert "not healthy after 10s" in (c.status["broken"].last_error or "")
+    st = c.status["later"]
+    assert st.phase == "Pending" and "waiting for add-ons of lower order: broken" in st.message
+    with pytest.raises(NotFound):
+        await engine.kube.get(r.CONFIG_MAP, "later", "default")
+    # Held (onFailure: Hold): the version stays applied, and its failure is told once.
+    await asyncio.sleep(5 * c.resync)
+    assert c.status["broken"].phase == "Failed"
+    assert (await engine.kube.get(DEPLOYMENTS, "app", "addon-a"))["metadata"]["name"] == "app"
+
+
+async def test_volumes_are_pruned_only_when_the_addon_says_so(engine: Engine) -> None:
+    kube, c = engine.kube, engine.controller
+
+    def objs(n: int) -> list[dict[str, Any]]:
+        return [{"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                 "metadata": {"name": f"data-{n}", "namespace": "default"},
+                 "spec": {"accessModes": ["ReadWriteOnce"],
+                          "resources": {"requests": {"storage": "1Gi"}}}},
+                {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": f"cfg-{n}", "namespace": "default"}}]
+
+    engine.publish(1, addon("keeps", "1", objs(1)),
+                   addon("drops", "1", objs(2), prune_volumes=True))
+
+    def applied() -> bool:  # (no volume provisioner here: the claims stay Pending)
+        return all(len(inv.entries) == 2 for inv in c.inventory.values()) and len(
+            c.inventory) == 2
+    await eventually(applied, timeout=60, what="both add-ons applied")
+    engine.publish(2)  # both leave the profile
+
+    async def removed() -> bool:
+        return not c.inventory and not c.status
+    await eventually(removed, timeout=60, what="both add-ons removed")
+
+    async def gone(name: str) -> bool:
+        try:
+            pvc = await kube.get(PVCS, name, "default")
+        except NotFound:
+            return True
+        return bool(pvc["metadata"].get("deletionTimestamp"))  # pvc-protection holds it
+
+    for cfg in ("cfg-1", "cfg-2"):
+        with pytest.raises(NotFound):
+            await kube.get(r.CONFIG_MAP, cfg, "default")
+    assert await gone("data-2")
+    assert not await gone("data-1")  # the data outlives the add-on unless it said otherwise
