@@ -187,7 +187,8 @@ class Agent:
         notes = note_conditions((n.reason, n.message) for n in result.notes)
         for reason, message in notes.items():
             if self.notes.get(reason) != message:
-                kind: EventType = "Normal" if reason.startswith("Waiting") else "Warning"
+                kind: EventType = "Normal" if reason.startswith("Waiting") or reason in (
+                    "Upgrading",) else "Warning"
                 await self.publisher.emit(reason, message, type=kind, revision=result.revision)
                 self._spawn(self._kube_event(kind, reason, message))
         for reason in self.notes.keys() - notes.keys():

@@ -32,7 +32,11 @@ from agent.spec.models import (
     Infrastructure,
     KubeVersion,
     SshKey,
+    UpgradePolicy,
     WorkerPool,
+    path_gap,
+    version_problem,
+    version_tuple,
 )
 
 from .profiles import NotRendered, Profile, RenderContext, profile_of
@@ -70,6 +74,7 @@ class OutpostClusterSpec(Model):
     profile: ProfileRef | None = None
     certificates: CertificatePolicy = CertificatePolicy()
     ssh_authorized_keys: tuple[SshKey, ...] = ()
+    upgrade: UpgradePolicy | None = None
 
     def to_spec(self, name: str, namespace: str, revision: int,
                 profile: ClusterProfile | None) -> ClusterSpec:
@@ -160,6 +165,10 @@ def desired(obj: Obj, profiles: Sequence[Obj],
             return Invalid("Rendering", f"add-on {e} of ClusterProfile "
                                         f"{found[0]['metadata']['name']} is being fetched and "
                                         "rendered")
+    refused = upgrade_refused(status.get("kubernetesVersion"), body.kubernetes_version,
+                              body.upgrade)
+    if refused is not None:
+        return refused
     current = int(status.get("desiredRevision") or 0)
     try:
         trial = body.to_spec(name, namespace, max(current, 1), profile)
@@ -170,6 +179,26 @@ def desired(obj: Obj, profiles: Sequence[Obj],
     if digest != status.get("specHash") or current == 0:
         trial = trial.model_copy(update={"revision": current + 1})
     return trial, digest
+
+
+def upgrade_refused(previous: object, version: str, policy: UpgradePolicy | None
+                    ) -> Invalid | None:
+    """Why moving the desired Kubernetes version from `previous` (the last accepted one) to
+    `version` cannot be done, if it cannot: a downgrade, or a path with a gap."""
+    if not isinstance(previous, str) or version_problem(previous) or previous == version:
+        return None
+    if version_tuple(version) < version_tuple(previous):
+        return Invalid("UpgradeRefused", f"kubernetesVersion {version} is older than "
+                                         f"{previous}: a control plane cannot be downgraded "
+                                         f"(etcd and stored API versions only move forward); "
+                                         f"set {previous} or newer")
+    gap = path_gap(previous, version, (policy or UpgradePolicy()).path)
+    if gap is not None:
+        return Invalid("UpgradePathGap", f"the upgrade from {previous} to {version} goes "
+                                         f"through {gap} (kubeadm upgrades one minor at a time), "
+                                         f"but spec.upgrade.path names no {gap} release: add "
+                                         f"the tested {gap}.<patch> release to stop at")
+    return None
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -252,11 +281,12 @@ def status_of(rec: ClusterRecord | None, obj: Obj, *, spec_digest: str | None,
     generation = int(meta.get("generation") or 0)
     previous = old.get("conditions") or []
     out: dict[str, Any] = {k: v for k, v in old.items() if k in (
-        "phase", "desiredRevision", "specHash", "publishedRevision", "publishedKvRevision",
-        "steps", "pivot", "failedReason", "lastError")}
+        "phase", "desiredRevision", "specHash", "kubernetesVersion", "publishedRevision",
+        "publishedKvRevision", "steps", "pivot", "failedReason", "lastError")}
     if rec is not None:
         out.update({
             "phase": rec.phase, "desiredRevision": rec.spec.revision,
+            "kubernetesVersion": rec.spec.kubernetes_version,
             "publishedRevision": rec.published_revision,
             "publishedKvRevision": rec.published_kv_revision,
             "steps": [{k: v for k, v in {

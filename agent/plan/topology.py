@@ -54,7 +54,8 @@ def plan_topology(spec: ClusterSpec, observed: Observed, *,
     b = _Builder(manager, observed)
     referenced: set[str] = set()
     cp_version = _plan_control_plane(spec, observed, b, referenced)
-    _plan_workers(spec, observed, b, referenced, cp_version)
+    cp_next = _next_control_plane_step(spec, cp_version)
+    _plan_workers(spec, observed, b, referenced, cp_version, cp_next)
     _collect_templates(spec, observed, b, referenced)
     return b.plan()
 
@@ -96,10 +97,30 @@ def _plan_control_plane(spec: ClusterSpec, observed: Observed, b: _Builder,
         b.notes.append(Note("DowngradeRefused", f"the spec asks for {spec.kubernetes_version} but "
                             f"the control plane runs {current}; Kubernetes cannot be downgraded"))
     else:
-        step = upgrade.next_step(current, spec.kubernetes_version)
-        if step is not None:
+        policy = spec.upgrade_policy
+        try:
+            step = upgrade.next_step(current, spec.kubernetes_version, policy.path)
+        except upgrade.PathGap as gap:
+            step = None
+            b.notes.append(Note("UpgradePathGap", f"the control plane runs {current} and the "
+                                f"spec asks for {spec.kubernetes_version}, but upgrade.path "
+                                f"names no release of {gap.minor}: kubeadm upgrades one minor "
+                                "at a time, so the upgrade waits until the spec names the "
+                                f"{gap.minor} release to stop at"))
+        lagging = [f"pool {_pool_name(md)} runs {v}" for md in _cluster_pools(spec, observed)
+                   if step is not None and (v := _md_version(md)) is not None
+                   and upgrade.skew_too_wide(step, v)]
+        if step is not None and lagging:
+            b.notes.append(Note("WaitingForWorkers", f"control-plane upgrade to {step} waits: "
+                                f"{', '.join(lagging)}, more than the supported kubelet skew "
+                                f"behind {step}; the pools move up first"))
+        elif step is not None:
             if settled:
                 version = step
+                plan = upgrade.steps(current, spec.kubernetes_version, policy.path)
+                b.notes.append(Note("Upgrading", f"control plane: {current} -> {step} "
+                                    f"({len(plan)} step(s) to go: {' -> '.join(plan)}); the "
+                                    "worker pools follow once it is done"))
             else:
                 b.notes.append(Note("WaitingForRollout", "control-plane upgrade to "
                                     f"{step} waits for the rollout in progress to finish"))
@@ -198,6 +219,31 @@ def _note_kept_fields(live: Obj, wanted: Obj, intent: Iterable[Path],
                                 "manage it; remove it there"))
 
 
+def _next_control_plane_step(spec: ClusterSpec, running: str | None) -> str | None:
+    """Where the control plane goes next from the version it wholly runs (None: it is at the
+    target, or its version is unknown)."""
+    if running is None:
+        return None
+    try:
+        return upgrade.next_step(running, spec.kubernetes_version, spec.upgrade_policy.path)
+    except upgrade.PathGap:
+        return None  # the control plane waits (its note says why); so may the pools
+
+
+def _cluster_pools(spec: ClusterSpec, observed: Observed) -> list[Obj]:
+    return [md for md in observed.machine_deployments.values()
+            if (md["metadata"].get("labels") or {}).get(capi.LABEL_CLUSTER) == spec.cluster_name]
+
+
+def _pool_name(md: Obj) -> str:
+    return str((md["metadata"].get("labels") or {}).get(capi.LABEL_POOL) or _name(md))
+
+
+def _md_version(md: Obj) -> str | None:
+    v = dig(md, "spec", "template", "spec", "version")
+    return v if isinstance(v, str) and try_parse(v) is not None else None
+
+
 def _lower(a: str | None, b: str | None) -> str | None:
     if a is None or b is None:
         return None
@@ -223,10 +269,22 @@ def _describe_cp_change(kcp: Obj, wanted: Obj, owned: set[Path]) -> str:
     return "control plane: " + (", ".join(parts) or "the agent's field ownership")
 
 
+def _rollout_order(spec: ClusterSpec) -> list[Any]:
+    """The pools in the order their upgrades go: `upgrade.order` first, then by name."""
+    first = {name: i for i, name in enumerate(spec.upgrade_policy.order)}
+    return sorted(spec.workers, key=lambda p: (first.get(p.name, len(first)), p.name))
+
+
 def _plan_workers(spec: ClusterSpec, observed: Observed, b: _Builder, referenced: set[str],
-                  cp_version: str | None) -> None:
+                  cp_version: str | None, cp_next: str | None) -> None:
     wanted_mds = set()
-    for pool in spec.workers:
+    policy = spec.upgrade_policy
+    one_at_a_time = policy.workers == "OneAtATime" or bool(policy.order)
+    # A pool whose machines are being replaced: with one pool at a time, the others' template
+    # and version changes wait for it.
+    rolling = next((_pool_name(md) for md in _cluster_pools(spec, observed)
+                    if not upgrade.rollout_settled(md)), None) if one_at_a_time else None
+    for pool in _rollout_order(spec):
         name = capi.md_name(spec, pool)
         wanted_mds.add(name)
         infra = _ensure_template(capi.machine_template(spec, capi.ROLE_WORKER, pool),
@@ -245,7 +303,23 @@ def _plan_workers(spec: ClusterSpec, observed: Observed, b: _Builder, referenced
                 spec, pool, version, infra, boot), f"create worker pool {pool.name} "
                 f"({pool.replicas} replicas, {version})"))
             continue
-        _plan_existing_pool(spec, pool, md, infra, boot, target, cp_version, b, referenced)
+        if cp_next is not None and cp_version is not None:
+            # The control plane is still on its way: the pool waits for it (one repave, at
+            # the end), unless it would fall more than the kubelet skew behind the next step.
+            current = _md_version(md)
+            if current is not None and not upgrade.skew_too_wide(cp_next, current):
+                target = current
+                if compare(current, spec.pool_version(pool)) < 0:
+                    b.notes.append(Note("WaitingForControlPlane", f"pool {pool.name} stays at "
+                                        f"{current} until the control plane reaches "
+                                        f"{spec.kubernetes_version}"))
+            else:
+                target = cp_version
+        may_roll = rolling is None or rolling == pool.name
+        started = _plan_existing_pool(spec, pool, md, infra, boot, target, cp_version, b,
+                                      referenced, may_roll, rolling)
+        if started and one_at_a_time:
+            rolling = pool.name
     for name, md in observed.machine_deployments.items():
         labels = md["metadata"].get("labels") or {}
         if name not in wanted_mds and labels.get(capi.LABEL_CLUSTER) == spec.cluster_name:
@@ -256,7 +330,9 @@ def _plan_workers(spec: ClusterSpec, observed: Observed, b: _Builder, referenced
 
 def _plan_existing_pool(spec: ClusterSpec, pool: Any, md: Obj, infra: str, boot: str,
                         target: str, cp_version: str | None, b: _Builder,
-                        referenced: set[str]) -> None:
+                        referenced: set[str], may_roll: bool = True,
+                        rolling: str | None = None) -> bool:
+    """Returns whether the plan starts replacing the pool's machines."""
     tspec = dig(md, "spec", "template", "spec") or {}
     cur_infra = dig(tspec, "infrastructureRef", "name")
     cur_boot = dig(tspec, "bootstrap", "configRef", "name")
@@ -275,10 +351,18 @@ def _plan_existing_pool(spec: ClusterSpec, pool: Any, md: Obj, infra: str, boot:
             b.notes.append(Note("DowngradeRefused", f"pool {pool.name} runs {current}; the "
                                 f"spec's {target} would be a downgrade"))
     changes_template = (version != current or cur_infra != infra or cur_boot != boot)
+    starts = changes_template
     if changes_template and not settled:
         version, infra, boot = current or version, str(cur_infra or infra), str(cur_boot or boot)
+        starts = False
         b.notes.append(Note("WaitingForRollout", f"pool {pool.name}: template or version change "
                             "waits for the rollout in progress to finish"))
+    elif changes_template and not may_roll:
+        what = f"upgrade to {version}" if version != current else "machine template change"
+        version, infra, boot = current or version, str(cur_infra or infra), str(cur_boot or boot)
+        starts = False
+        b.notes.append(Note("WaitingForPool", f"pool {pool.name}: {what} waits for pool "
+                            f"{rolling} to finish (one pool at a time)"))
     elif readable and compare(version, target) != 0 and current == version:
         b.notes.append(Note("WaitingForControlPlane", f"pool {pool.name} stays at {current} until "
                             f"the control plane runs {target}"))
@@ -301,6 +385,7 @@ def _plan_existing_pool(spec: ClusterSpec, pool: Any, md: Obj, infra: str, boot:
         b.updates.append(Apply(_MD, _name(md), wanted, f"worker pool {pool.name}: "
                                + (", ".join(parts) or "the agent's fields"), claim))
     referenced.update((infra, boot))
+    return starts
 
 
 def _collect_templates(spec: ClusterSpec, observed: Observed, b: _Builder,

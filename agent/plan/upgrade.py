@@ -1,5 +1,7 @@
-"""Kubernetes upgrade policy: control plane first, one minor at a time, never down, never newer
-workers than the control plane, never interrupt a rollout in progress.
+"""Kubernetes upgrade policy: control plane first, one minor at a time along the spec's path
+(the exact release for each intermediate minor, never an invented one), never down, never newer
+workers than the control plane nor more than the kubelet skew behind it, never interrupt a
+rollout in progress.
 
 Every version here may have been read from the cluster, so all comparisons go through the
 tolerant parser (`versions`); an unreadable one raises VersionError, which the planner turns into
@@ -7,20 +9,58 @@ a note for that object."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from agent.spec.models import MAX_KUBELET_SKEW
+
 from .types import Obj
 from .versions import compare, parse_version
 
 
-def next_step(current: str, target: str) -> str | None:
+class PathGap(Exception):
+    """The upgrade must stop at a minor the spec's path names no release for."""
+
+    def __init__(self, minor: str) -> None:
+        super().__init__(minor)
+        self.minor = minor
+
+
+def next_step(current: str, target: str, path: Sequence[str] = ()) -> str | None:
     """The next version on the way from `current` to `target`; None when nothing is to be done
-    (already there, or `target` is older: downgrades are refused by the caller's note)."""
+    (already there, or `target` is older: downgrades are refused by the caller's note). More
+    than one minor ahead, kubeadm upgrades one minor at a time: the step is the path's release
+    for the next minor; raises PathGap when the path has none."""
     if compare(target, current) <= 0:
         return None
     cur, tgt = parse_version(current), parse_version(target)
     if tgt.major != cur.major or tgt.minor <= cur.minor + 1:
         return target
-    # More than one minor ahead: stop at the next minor's first release, as kubeadm requires.
-    return f"v{cur.major}.{cur.minor + 1}.0"
+    for stop in path:
+        v = parse_version(stop)
+        if (v.major, v.minor) == (cur.major, cur.minor + 1):
+            return stop
+    raise PathGap(f"v{cur.major}.{cur.minor + 1}")
+
+
+def steps(current: str, target: str, path: Sequence[str] = ()) -> list[str]:
+    """Every version the control plane still goes through, the target last (stops the path
+    lacks are left out: next_step reports them)."""
+    out: list[str] = []
+    while True:
+        try:
+            step = next_step(current, target, path)
+        except PathGap:
+            return [*out, target]
+        if step is None:
+            return out
+        out.append(step)
+        current = step
+
+
+def skew_too_wide(control_plane: str, kubelet: str) -> bool:
+    """A kubelet more than the supported number of minors behind the API server."""
+    cp, kl = parse_version(control_plane), parse_version(kubelet)
+    return cp.major != kl.major or cp.minor - kl.minor > MAX_KUBELET_SKEW
 
 
 def is_downgrade(current: str, target: str) -> bool:
@@ -56,8 +96,10 @@ def running_version(kcp: Obj) -> str | None:
 
 
 def worker_version(target: str, current: str | None, control_plane: str | None) -> str | None:
-    """The version a pool may run now: toward `target`, one minor at a time, never past the
-    version the whole control plane already runs. None when the pool must wait."""
+    """The version a pool may run now: `target`, but never past the version the whole control
+    plane already runs. Straight there, not minor by minor: a pool's machines are replaced, not
+    upgraded in place, so each extra stop would be a needless repave. None when the pool must
+    wait."""
     ceiling = control_plane
     if ceiling is None:
         return current
@@ -66,4 +108,4 @@ def worker_version(target: str, current: str | None, control_plane: str | None) 
         return goal
     if is_downgrade(current, goal):
         return current
-    return next_step(current, goal) or current
+    return goal

@@ -139,7 +139,7 @@ def machine_deployment(spec: ClusterSpec, pool: WorkerPool, version: str, infra_
                        bootstrap_name: str) -> Obj:
     """A complete MachineDeployment for a pool (what a create needs)."""
     selector = {CAPI_CLUSTER_LABEL: spec.cluster_name, LABEL_POOL: pool.name}
-    return {
+    md: Obj = {
         "apiVersion": f"{CAPI_GROUP}/{V}",
         "kind": "MachineDeployment",
         "metadata": {"name": md_name(spec, pool), "namespace": spec.namespace,
@@ -161,6 +161,13 @@ def machine_deployment(spec: ClusterSpec, pool: WorkerPool, version: str, infra_
             },
         },
     }
+    rolling = {k: v for k, v in (("maxSurge", pool.rollout.max_surge),
+                                 ("maxUnavailable", pool.rollout.max_unavailable))
+               if v is not None} if pool.rollout else {}
+    if rolling:
+        md["spec"]["rollout"] = {"strategy": {"type": "RollingUpdate",
+                                              "rollingUpdate": rolling}}
+    return md
 
 
 def control_plane_fields(spec: ClusterSpec, version: str, infra_name: str) -> Obj:

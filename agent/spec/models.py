@@ -76,6 +76,41 @@ def version_tuple(version: str) -> tuple[int, int, int]:
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
+MAX_KUBELET_SKEW = 3  # minors a kubelet may trail its API server (Kubernetes >= 1.28)
+
+
+def path_problem(path: tuple[str, ...], target: str) -> str | None:
+    """What is wrong with an upgrade path on its own (None when nothing): each stop a release
+    of its own minor, oldest first, all older than the target's minor, on its major."""
+    tgt = version_tuple(target)
+    seen: list[tuple[int, int, int]] = []
+    for v in path:
+        vt = version_tuple(v)
+        if vt[0] != tgt[0]:
+            return f"{v} is not on the target's major version {tgt[0]}"
+        if vt[:2] >= tgt[:2]:
+            return (f"{v} is not older than the target's minor v{tgt[0]}.{tgt[1]}: the path "
+                    "names the stops before it")
+        if seen and vt[:2] <= seen[-1][:2]:
+            return (f"{v} follows v{'.'.join(map(str, seen[-1]))}: one release per minor, "
+                    "oldest first")
+        seen.append(vt)
+    return None
+
+
+def path_gap(current: str, target: str, path: tuple[str, ...]) -> str | None:
+    """The first minor between `current` and `target` the path names no release for (None:
+    the upgrade can go; also None for no upgrade or a downgrade, refused elsewhere)."""
+    cur, tgt = version_tuple(current), version_tuple(target)
+    if tgt[:2] <= cur[:2] or cur[0] != tgt[0]:
+        return None
+    stops = {version_tuple(v)[:2] for v in path}
+    for minor in range(cur[1] + 1, tgt[1]):
+        if (cur[0], minor) not in stops:
+            return f"v{cur[0]}.{minor}"
+    return None
+
+
 # -- infrastructure ------------------------------------------------------------------------
 class VSphereInfrastructure(Model):
     """Where vSphere machines go; credentials are referenced by identity, never inlined."""
@@ -127,12 +162,60 @@ class ControlPlane(Model):
     machine: MachineTemplate
 
 
+IntOrPercent = Annotated[int | str, Field(union_mode="left_to_right")]
+_PERCENT = re.compile(r"^(100|[1-9]?[0-9])%$")
+
+
+class PoolRollout(Model):
+    """How a pool replaces its machines (a new version, a new template): at most `maxSurge`
+    machines above the pool's size and `maxUnavailable` below it, each a number or a percentage
+    of the pool (CAPI's defaults: 1 and 0)."""
+
+    max_surge: IntOrPercent | None = None
+    max_unavailable: IntOrPercent | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> PoolRollout:
+        for name, v in (("maxSurge", self.max_surge), ("maxUnavailable", self.max_unavailable)):
+            if isinstance(v, int) and not 0 <= v <= 1000:
+                raise ValueError(f"{name} {v} must be between 0 and 1000")
+            if isinstance(v, str) and not _PERCENT.match(v):
+                raise ValueError(f"{name} {v!r} must be a number or a percentage like '25%'")
+        if _zero(self.max_surge) and _zero(self.max_unavailable):
+            raise ValueError("maxSurge and maxUnavailable cannot both be 0: the rollout could "
+                             "never replace a machine")
+        return self
+
+
+def _zero(v: int | str | None) -> bool:
+    return v == 0 or v == "0%"
+
+
 class WorkerPool(Model):
     name: PoolName
     replicas: Annotated[int, Field(ge=0, le=1000)]
     machine: MachineTemplate
     version: KubeVersion | None = Field(
         default=None, description="defaults to the cluster's Kubernetes version")
+    rollout: PoolRollout | None = None
+
+
+class UpgradePolicy(Model):
+    """How a Kubernetes upgrade goes: the control plane one minor at a time along `path` (the
+    exact, tested release to stop at for each minor between the running version and the
+    target), each step to completion; then the worker pools, straight to the control plane's
+    version (their machines are replaced, not upgraded in place), all together or one pool at
+    a time (in `order`, then the rest by name)."""
+
+    path: tuple[KubeVersion, ...] = Field(
+        default=(), description="one release per intermediate minor, oldest first")
+    workers: Literal["AllTogether", "OneAtATime"] = "AllTogether"
+    order: tuple[PoolName, ...] = Field(
+        default=(), description="pools first to go, one at a time (implies OneAtATime)")
+
+    def stop_for(self, major: int, minor: int) -> str | None:
+        """The path's release for that minor, if it names one."""
+        return next((v for v in self.path if version_tuple(v)[:2] == (major, minor)), None)
 
 
 class CertificatePolicy(Model):
@@ -152,6 +235,9 @@ class ClusterSpec(Model):
     profile: ClusterProfile | None = None
     certificates: CertificatePolicy = CertificatePolicy()
     ssh_authorized_keys: tuple[SshKey, ...] = ()
+    # None when not set, so a spec that does not use it signs (and hashes) as before, and an
+    # agent that predates it keeps accepting it.
+    upgrade: UpgradePolicy | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSpec:
@@ -175,10 +261,22 @@ class ClusterSpec(Model):
                 raise ValueError(f"workers[{w.name}].version {w.version} is newer than the "
                                  f"control plane {self.kubernetes_version}: workers may never "
                                  "run ahead of the control plane")
-            if wv[0] != cp[0] or cp[1] - wv[1] > 3:
+            if wv[0] != cp[0] or cp[1] - wv[1] > MAX_KUBELET_SKEW:
                 raise ValueError(f"workers[{w.name}].version {w.version} is more than three "
                                  f"minor versions behind {self.kubernetes_version}")
+        policy = self.upgrade_policy
+        problem = path_problem(policy.path, self.kubernetes_version)
+        if problem:
+            raise ValueError(f"upgrade.path: {problem}")
+        unknown = sorted(set(policy.order) - set(names))
+        if unknown:
+            raise ValueError(f"upgrade.order names pools the spec does not have: "
+                             f"{', '.join(unknown)}")
         return self
+
+    @property
+    def upgrade_policy(self) -> UpgradePolicy:
+        return self.upgrade or UpgradePolicy()
 
     def pool_version(self, pool: WorkerPool) -> str:
         return pool.version or self.kubernetes_version

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent.kube import AlreadyExists, Conflict, Invalid, KubeError, Transient
 from agent.kube import resources as r
-from agent.spec import ClusterSpec, version_tuple
+from agent.spec import ClusterSpec, path_gap, version_tuple
 from agent.spec.base import DNS_LABEL, Namespace
 
 from ..clusters import MANAGER, ClusterRequest, OutpostClusterSpec, spec_hash
@@ -478,6 +478,14 @@ def _check_change(current: ClusterSpec, update: SpecUpdate) -> ClusterSpec:
             f"{spec.kubernetes_version} is older than {current.kubernetes_version}: a "
             "Kubernetes control plane cannot be downgraded (etcd and stored API versions only "
             f"move forward); keep {current.kubernetes_version} or upgrade")))
+    else:
+        gap = path_gap(current.kubernetes_version, spec.kubernetes_version,
+                       spec.upgrade_policy.path)
+        if gap is not None:
+            errors.append(FieldError(field="upgrade.path", message=(
+                f"names no {gap} release, but the upgrade from {current.kubernetes_version} to "
+                f"{spec.kubernetes_version} goes through {gap} (kubeadm upgrades one minor at "
+                f"a time): add the tested {gap}.<patch> release to stop at")))
     if errors:
         raise Problem(422, "change-not-applicable", "this change cannot be applied: " + "; ".join(
             f"{e.field} {e.message}" for e in errors), title="The change cannot be applied",

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent.plan import AGENT_FIELD_MANAGER, Apply, Delete, Observed, Plan, plan_topology
-from agent.plan.upgrade import next_step, worker_version
+from agent.plan.upgrade import PathGap, next_step, steps, worker_version
 from agent.spec import ClusterSpec, capi
 from mgmt_gateway.render import capi as render
 from testbed.apiserver import fieldmanager as fm
@@ -327,19 +327,33 @@ def test_template_still_used_by_a_scaling_down_machine_set_is_kept() -> None:
     assert ("delete", "DevMachineTemplate", old_name) in kinds(plan_topology(spec2, o3))
 
 
+PATH = ("v1.34.7", "v1.35.3")
+
+
 @pytest.mark.parametrize(("current", "target", "step"), [
     ("v1.35.2", "v1.35.2", None),
     ("v1.35.2", "v1.35.4", "v1.35.4"),
     ("v1.35.2", "v1.36.1", "v1.36.1"),
-    ("v1.33.5", "v1.36.1", "v1.34.0"),
+    ("v1.33.5", "v1.36.1", "v1.34.7"),   # the path's release, never an invented v1.34.0
+    ("v1.34.7", "v1.36.1", "v1.35.3"),
+    ("v1.34.2", "v1.36.1", "v1.35.3"),   # from any patch of the minor
+    ("v1.34.7+vmware.1", "v1.36.1", "v1.35.3"),
     ("v1.36.1", "v1.35.0", None),
 ])
 def test_next_step(current: str, target: str, step: str | None) -> None:
-    assert next_step(current, target) == step
+    assert next_step(current, target, PATH) == step
+
+
+def test_a_path_gap_is_named() -> None:
+    with pytest.raises(PathGap) as e:
+        next_step("v1.32.4", "v1.36.1", PATH)
+    assert e.value.minor == "v1.33"
+    assert steps("v1.33.5", "v1.36.1", PATH) == ["v1.34.7", "v1.35.3", "v1.36.1"]
 
 
 @pytest.mark.parametrize(("target", "current", "cp", "want"), [
     ("v1.36.0", "v1.35.0", "v1.35.2", "v1.35.2"),   # capped by the control plane
+    ("v1.36.0", "v1.33.2", "v1.36.0", "v1.36.0"),   # straight there: machines are replaced
     ("v1.36.0", "v1.35.0", "v1.36.0", "v1.36.0"),
     ("v1.36.0", None, "v1.35.0", "v1.35.0"),         # a new pool never outruns the CP
     ("v1.34.0", "v1.36.0", "v1.36.0", "v1.36.0"),    # no downgrade
@@ -567,16 +581,17 @@ def test_rollout_in_progress_still_clears_a_dropped_rotate_after() -> None:
 # -- versions read from the cluster ------------------------------------------------------------
 @pytest.mark.parametrize(("live", "target", "want", "note"), [
     ("v1.35.2+vmware.1", "v1.35.2", None, None),           # same release: keep the vendor build
-    ("v1.35.2+vmware.1", "v1.35.3", "v1.35.3", None),
-    ("v1.35.2+vmware.1", "v1.37.1", "v1.36.0", None),      # one minor per step
+    ("v1.35.2+vmware.1", "v1.35.3", "v1.35.3", "Upgrading"),
+    ("v1.35.2+vmware.1", "v1.37.1", "v1.36.4", "Upgrading"),  # one minor per step, the path's
     ("v1.35.2+vmware.1", "v1.35.1", None, "DowngradeRefused"),
-    ("v1.36.0-rc.1", "v1.36.0", "v1.36.0", None),          # a release outranks its rc
+    ("v1.36.0-rc.1", "v1.36.0", "v1.36.0", "Upgrading"),   # a release outranks its rc
     ("v1.36.0-rc.1", "v1.35.2", None, "DowngradeRefused"),
     ("1.35.2", "v1.35.2", None, None),                     # CAPI tolerates a missing v
 ])
 def test_control_plane_versions_as_capi_parses_them(live: str, target: str, want: str | None,
                                                     note: str | None) -> None:
-    spec = make_spec(kubernetesVersion=target, workers=[])
+    extra = {"upgrade": {"path": ["v1.36.4"]}} if target == "v1.37.1" else {}
+    spec = make_spec(kubernetesVersion=target, workers=[], **extra)
     obs = with_kcp(converged(spec), kcp_for(spec, version=live))
     plan = plan_topology(spec, obs)
     versions = [a.body["spec"]["version"] for a in plan.actions  # type: ignore[union-attr]
