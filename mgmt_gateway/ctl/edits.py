@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.spec import explain
+from agent.spec import explain, path_gap
 
 from ..clusters import OutpostClusterSpec
 
@@ -88,25 +88,34 @@ def scale(spec: Mapping[str, Any], control_plane: int | None,
     return _checked(new), changes
 
 
-def upgrade(obj: Mapping[str, Any], version: str, *,
-            pinned_workers: bool) -> tuple[Spec, list[str]]:
+def upgrade(obj: Mapping[str, Any], version: str, *, pinned_workers: bool,
+            via: Sequence[str] = ()) -> tuple[Spec, list[str]]:
     """Move the control plane (and the pools that follow it) of OutpostCluster `obj` to
-    `version`: one minor at a time, and a new minor only once the cluster has converged to the
-    last one (the spec must never run two minors ahead of what the machines run). With
-    `pinned_workers`, pools pinned to another version move too."""
+    `version`, through the releases `via` names for the minors in between (the spec's
+    upgrade.path: the agent steps through them, each to completion), and only once the cluster
+    has converged to the last change. With `pinned_workers`, pools pinned to another version
+    move too."""
     new = copy.deepcopy(dict(obj.get("spec") or {}))
     current = str(new.get("kubernetesVersion", ""))
     try:
         have, want = _version(current), _version(version)
+        stops = sorted(via, key=_version)
+        for v in stops:
+            _version(v)
     except ValueError:
-        raise EditRefused(f"{version!r} is not a Kubernetes version like v1.35.2") from None
+        bad = next((v for v in (version, *via) if not is_version(v)), version)
+        raise EditRefused(f"{bad!r} is not a Kubernetes version like v1.35.2") from None
     if want < have:
         raise EditRefused(f"{version} is older than {current}: Kubernetes does not support "
                           "downgrading a control plane; restore from a backup instead")
-    if want[:2] > (have[0], have[1] + 1):
-        nxt = f"v{have[0]}.{have[1] + 1}"
-        raise EditRefused(f"{current} → {version} skips a minor version: kubeadm upgrades one "
-                          f"minor at a time, so upgrade to the newest {nxt}.x first")
+    gap = path_gap(current, version, tuple(stops))
+    if gap is not None:
+        raise EditRefused(f"{current} → {version} goes through {gap}: kubeadm upgrades one "
+                          f"minor at a time, so name the tested {gap} release to stop at "
+                          f"(--via {gap}.<patch>)")
+    if stops:
+        changes_path = [v for v in stops if have[:2] < _version(v)[:2] < want[:2]]
+        new["upgrade"] = {**(new.get("upgrade") or {}), "path": changes_path}
     if want[:2] != have[:2]:
         pending = converged(obj)
         if pending is not None:
@@ -115,7 +124,10 @@ def upgrade(obj: Mapping[str, Any], version: str, *,
     changes: list[str] = []
     if want != have:
         new["kubernetesVersion"] = version
-        changes.append(f"Kubernetes {current} → {version}")
+        through = (new.get("upgrade") or {}).get("path") or []
+        changes.append(f"Kubernetes {current} → {version}" + (
+            f" (through {', '.join(through)})" if through and want[:2] > (have[0], have[1] + 1)
+            else ""))
     for pool in new.get("workers") or []:
         pinned = pool.get("version")
         if pinned_workers and pinned and pinned != version:

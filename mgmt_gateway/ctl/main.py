@@ -517,16 +517,22 @@ def upgrade(
             "--pinned-workers", help="also move worker pools pinned to another version (pools "
                                      "without a version always follow the control plane)")
         ] = False,
+        via: Annotated[list[str] | None, typer.Option(
+            "--via", help="the tested release to stop at for a minor in between (repeat it, "
+                          "e.g. --via v1.36.4 --via v1.37.2 to go from v1.35 to v1.38)",
+            show_default=False)] = None,
         namespace: NamespaceOpt = None,
 ) -> None:
-    """Upgrade a cluster's Kubernetes version (one minor at a time, once the previous change
-    has converged; the agent rolls the control plane first, then the workers)."""
-    if not edits.is_version(version):
-        raise typer.BadParameter(f"{version!r} is not a Kubernetes version like v1.36.1",
-                                 param_hint="VERSION")
+    """Upgrade a cluster's Kubernetes version, once the previous change has converged: the
+    agent rolls the control plane one minor at a time through the --via releases, each step
+    to completion, then the worker pools."""
+    for v in (version, *(via or ())):
+        if not edits.is_version(v):
+            raise typer.BadParameter(f"{v!r} is not a Kubernetes version like v1.36.1",
+                                     param_hint="VERSION" if v == version else "--via")
 
     async def edit(obj: Obj, kube: ApiKubeClient) -> tuple[dict[str, Any], list[str]]:
-        return edits.upgrade(obj, version, pinned_workers=pinned_workers)
+        return edits.upgrade(obj, version, pinned_workers=pinned_workers, via=via or ())
 
     _edit(ctx, name, namespace, edit)
 

@@ -41,6 +41,18 @@ def test_a_minor_upgrade_waits_for_the_last_change_to_converge() -> None:
     assert spec["kubernetesVersion"] == "v1.35.4" and changes == ["Kubernetes v1.35.2 → v1.35.4"]
 
 
+def test_an_upgrade_over_several_minors_names_its_stops() -> None:
+    with pytest.raises(edits.EditRefused, match=r"goes through v1.37: .* \(--via v1.37.<patch>\)"):
+        edits.upgrade(obj(), "v1.38.1", pinned_workers=False, via=["v1.36.4"])
+    spec, changes = edits.upgrade(obj(), "v1.38.1", pinned_workers=False,
+                                  via=["v1.37.2", "v1.36.4"])
+    assert spec["kubernetesVersion"] == "v1.38.1"
+    assert spec["upgrade"]["path"] == ["v1.36.4", "v1.37.2"]  # oldest first
+    assert changes == ["Kubernetes v1.35.2 → v1.38.1 (through v1.36.4, v1.37.2)"]
+    with pytest.raises(edits.EditRefused, match="'1.37' is not a Kubernetes version"):
+        edits.upgrade(obj(), "v1.38.1", pinned_workers=False, via=["v1.36.4", "1.37"])
+
+
 def test_a_pinned_pool_left_too_far_behind_says_how_to_move_it() -> None:
     pinned = obj("v1.33.0", workers=[{"name": "a", "replicas": 1, "version": "v1.30.0",
                                       "machine": {"provider": "dev"}}])
