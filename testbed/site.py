@@ -180,8 +180,9 @@ class Site:
 
     @classmethod
     async def create(cls, root: Path, *, step_delay: float = 0.02,
-                     simulate: bool = True) -> Site:
-        """Bring up the API, simulated CAPI and NATS, with the cluster as a pivot left it."""
+                     simulate: bool = True, version: str = "v1.35.2") -> Site:
+        """Bring up the API, simulated CAPI and NATS, with the cluster as a pivot left it (its
+        control plane at `version`)."""
         api = ApiServer("workload", bookmark_interval=0.5)
         await api.start()
         api.load_crds(crd_files())
@@ -193,7 +194,7 @@ class Site:
         await nats_server.start()
         site = cls(api, sim, nats_server, root)
         write_kubeconfig(site.kubeconfig, "workload", api.url)
-        for obj in pivoted_objects(make_spec()):
+        for obj in pivoted_objects(make_spec(version=version)):
             rt = api.registry.type_by_kind(obj["apiVersion"], obj["kind"])
             assert rt is not None
             api.registry.create(rt, obj["metadata"].get("namespace"), obj, manager="outpost-pivot")

@@ -1,0 +1,152 @@
+"""A Kubernetes upgrade over three minors, run by the whole agent against simulated Cluster API
+with the link to the management plane cut once the spec has arrived: the control plane steps
+through the path's exact releases, each step finished before the next; then the pools, one at a
+time in the given order, straight to the control plane's version; a newer spec arriving
+mid-rollout continues from what is observed, never leaving a pool on mixed versions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+
+from testbed.apiserver.store import Event
+from testbed.site import Site
+from tests.fixtures.site import eventually, make_spec
+
+PATH = ["v1.34.7", "v1.35.3"]
+
+
+@pytest_asyncio.fixture
+async def old_site(tmp_path: Path) -> AsyncIterator[Site]:
+    s = await Site.create(tmp_path, version="v1.33.5")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+class Timeline:
+    """Every change of the control plane's running version and of each pool's template
+    version, in the order the API server stored them."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str]] = []
+        self.interrupted: list[str] = []  # rollouts changed before they finished
+        self._last: dict[str, dict[str, Any]] = {}
+
+    def on_event(self, ev: Event) -> None:
+        if ev.type not in ("ADDED", "MODIFIED"):
+            return
+        if ev.rkey.startswith("kubeadmcontrolplanes."):
+            self._check("cp", ev.obj, ev.obj["spec"].get("version"))
+            self._add("cp", (ev.obj.get("status") or {}).get("version"))
+        elif ev.rkey.startswith("machinedeployments."):
+            pool = ev.obj["metadata"]["labels"].get("outpost.io/pool", "?")
+            version = ev.obj["spec"]["template"]["spec"].get("version")
+            self._check(pool, ev.obj, version)
+            self._add(pool, version)
+
+    def _check(self, who: str, obj: dict[str, Any], version: Any) -> None:
+        """A new spec version while the last one was still rolling out is an interruption."""
+        before = self._last.get(who)
+        self._last[who] = obj
+        if before is None or version_of(before) == version:
+            return
+        st, meta = before.get("status") or {}, before["metadata"]
+        want = before["spec"].get("replicas", 1)
+        if not (st.get("observedGeneration") == meta.get("generation")
+                and st.get("upToDateReplicas") == want == st.get("readyReplicas")):
+            self.interrupted.append(f"{who}: {version_of(before)} -> {version} while {st}")
+
+    def _add(self, who: str, version: Any) -> None:
+        if not isinstance(version, str):
+            return
+        last = next((v for w, v in reversed(self.entries) if w == who), None)
+        if last != version:
+            self.entries.append((who, version))
+
+    def of(self, who: str) -> list[str]:
+        return [v for w, v in self.entries if w == who]
+
+
+def version_of(obj: dict[str, Any]) -> Any:
+    spec = obj.get("spec") or {}
+    return spec.get("version") or ((spec.get("template") or {}).get("spec") or {}).get("version")
+
+
+def pools(site: Site) -> dict[str, tuple[str, int]]:
+    """Each pool's template version and how many of its machines are up to date."""
+    out = {}
+    for name in site.names("machinedeployments"):
+        md = site.obj("machinedeployments", name)
+        assert md is not None
+        out[md["metadata"]["labels"]["outpost.io/pool"]] = (
+            md["spec"]["template"]["spec"]["version"],
+            int((md.get("status") or {}).get("upToDateReplicas") or 0))
+    return out
+
+
+async def test_v1_33_to_v1_36_offline_along_the_path(old_site: Site) -> None:
+    site = old_site
+    timeline = Timeline()
+    site.api.store.subscribe(timeline.on_event)
+    agent = await site.start_agent()
+    await site.publish(make_spec(revision=1, cp=1, version="v1.33.5",
+                                 workers={"a": 1, "b": 1}))
+    await eventually(lambda: agent.agent.applied_revision == 1, timeout=60,
+                     what="revision 1 converged at v1.33.5")
+
+    await site.publish(make_spec(revision=2, cp=1, version="v1.36.1", workers={"a": 1, "b": 1},
+                                 upgrade={"path": PATH, "order": ["b", "a"]}))
+    await eventually(lambda: agent.agent.intake.desired is not None
+                     and agent.agent.intake.desired.revision == 2, what="revision 2 cached")
+    await site.nats.stop()  # the site is on its own from here
+
+    async def upgraded() -> bool:
+        return pools(site) == {"a": ("v1.36.1", 1), "b": ("v1.36.1", 1)} and \
+            timeline.of("cp")[-1:] == ["v1.36.1"]
+    await eventually(upgraded, timeout=180, what="control plane and pools at v1.36.1")
+
+    assert timeline.of("cp") == ["v1.33.5", "v1.34.7", "v1.35.3", "v1.36.1"]
+    assert timeline.of("a") == ["v1.33.5", "v1.36.1"]  # one repave, straight there
+    assert timeline.of("b") == ["v1.33.5", "v1.36.1"]
+    order = [(w, v) for w, v in timeline.entries if v == "v1.36.1"]
+    assert order[0] == ("cp", "v1.36.1") and [w for w, _ in order[1:]] == ["b", "a"]
+    await eventually(lambda: agent.agent.applied_revision == 2, timeout=60,
+                     what="revision 2 reported applied")
+    notes = {n.reason for n in (agent.agent.last_pass.notes if agent.agent.last_pass else ())}
+    assert not notes & {"UpgradePathGap", "WaitingForControlPlane", "WaitingForPool"}
+    assert timeline.interrupted == []
+
+
+async def test_a_newer_spec_mid_rollout_continues_from_what_is_observed(
+        old_site: Site) -> None:
+    """Revision 2 goes to v1.35.3; revision 3 (to v1.36.1) arrives once the control plane's
+    first step is done. Nothing is interrupted: each rollout finishes, the control plane never
+    steps back nor skips, and everything ends at v1.36.1."""
+    site = old_site
+    timeline = Timeline()
+    site.api.store.subscribe(timeline.on_event)
+    agent = await site.start_agent()
+    workers = {"a": 2, "b": 2}
+    await site.publish(make_spec(revision=1, cp=3, version="v1.33.5", workers=workers))
+    await eventually(lambda: agent.agent.applied_revision == 1, timeout=60,
+                     what="revision 1 converged")
+    await site.publish(make_spec(revision=2, cp=3, version="v1.35.3", workers=workers,
+                                 upgrade={"path": PATH[:1], "workers": "OneAtATime"}))
+    await eventually(lambda: "v1.34.7" in timeline.of("cp"), timeout=120,
+                     what="the first step done")
+    await site.publish(make_spec(revision=3, cp=3, version="v1.36.1", workers=workers,
+                                 upgrade={"path": PATH, "workers": "OneAtATime"}))
+
+    async def upgraded() -> bool:
+        return pools(site) == {"a": ("v1.36.1", 2), "b": ("v1.36.1", 2)} and \
+            timeline.of("cp")[-1:] == ["v1.36.1"]
+    await eventually(upgraded, timeout=240, what="everything at v1.36.1")
+    assert timeline.of("cp") == ["v1.33.5", "v1.34.7", "v1.35.3", "v1.36.1"]
+    for pool in ("a", "b"):  # at most one intermediate repave (if revision 2 got that far)
+        assert timeline.of(pool) in (["v1.33.5", "v1.36.1"], ["v1.33.5", "v1.35.3", "v1.36.1"])
+    assert timeline.interrupted == []
