@@ -34,6 +34,7 @@ from agent.reconcile.inventory import InventoryStore
 from agent.report import EventType, Outbox, Publisher, compute_status
 from agent.report.status import note_conditions
 from agent.runtime import LeaderElector
+from agent.runtime.contact import LastContact
 from agent.runtime.supervisor import Supervisor, SupervisorFailed
 from agent.settings import Settings
 from agent.spec import ClusterSpec, StatusReport, load_public_keys, logfmt
@@ -79,10 +80,15 @@ class Agent:
             renew_deadline=settings.renew_deadline_seconds,
             retry_period=settings.retry_period_seconds,
             on_change=self._on_leadership) if settings.leader_election else None
+        # How long since the management plane was last heard from (the stale-spec guard).
+        self.contact = LastContact(state / "last-contact.json")
+        self.contact.load()
+        self.intake.watcher.on_contact.append(self.contact.touch)
+        self.metrics.last_contact_age.set_function(self.contact.age)
         self.controller = TopologyController(
             kube, lambda: self.intake.desired, on_pass=self._on_pass,
             is_leader=lambda: self.elector is None or self.elector.is_leader,
-            resync=settings.resync_seconds)
+            resync=settings.resync_seconds, contact_age=self.contact.age)
         self.bundles = ContentStore(state / "bundles")
         self.addons = AddonController(
             kube, lambda: self.intake.desired, self.bundles,
@@ -312,6 +318,7 @@ class Agent:
         sup.add("publisher", self.publisher.run)
         sup.add("nats-state", self._watch_connection)
         sup.add("status-timer", self._status_timer)
+        sup.add("last-contact", self.contact.run)
         if self.elector is not None:
             sup.add("leader-election", self.elector.run)
         sup.add("reconcile-worker", lambda: c.worker(sup.heartbeat("reconcile-worker")),

@@ -61,6 +61,10 @@ class Metrics:
         self.addon_writes = Gauge(
             "outpost_agent_addon_writes", "API writes the add-on controller has made since the "
             "agent started (applies, deletes); flat once converged.", registry=r)
+        self.last_contact_age = Gauge(
+            "outpost_agent_last_contact_age_seconds", "Seconds since the management plane was "
+            "last heard from (persisted across restarts; the stale-spec guard's measure).",
+            registry=r)
         self.bundle_bytes = Gauge(
             "outpost_agent_bundle_fetched_bytes", "Bundle bytes fetched from NATS since the "
             "agent started.", registry=r)

@@ -25,6 +25,7 @@ from agent.kube import Obj, Resource
 from agent.spec import ClusterSpec, Condition, StatusReport, explain
 from agent.spec.addons import ClusterProfile
 from agent.spec.base import Model, Namespace
+from agent.spec.maintenance import MaintenancePolicy
 from agent.spec.models import (
     CertificatePolicy,
     ClusterName,
@@ -75,6 +76,7 @@ class OutpostClusterSpec(Model):
     certificates: CertificatePolicy = CertificatePolicy()
     ssh_authorized_keys: tuple[SshKey, ...] = ()
     upgrade: UpgradePolicy | None = None
+    maintenance: MaintenancePolicy | None = None
 
     def to_spec(self, name: str, namespace: str, revision: int,
                 profile: ClusterProfile | None) -> ClusterSpec:

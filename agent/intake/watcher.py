@@ -85,6 +85,9 @@ class SpecWatcher:
         self._quiet = Quiet(log)
         self._last_revision = 0  # KV revision of the last value read (0: none yet)
         self._rung = False  # a doorbell rang since the last read
+        #: Called after every read the management plane answered (its NATS is reachable and
+        #: serves the spec bucket): the agent's measure of contact.
+        self.on_contact: list[Callable[[], None]] = []
         self.link.listen(self._on_link)
 
     @property
@@ -166,6 +169,8 @@ class SpecWatcher:
                     before = self._last_revision
                     await self._read(nc)
                     backoff.reset()
+                    for contacted in self.on_contact:
+                        contacted()
                     # A doorbell can arrive before the stream has stored the value (the server
                     # delivers to subscribers and to the stream at once), or for a put the
                     # stream refused (a lost compare-and-set): read again a few times before

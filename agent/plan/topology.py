@@ -16,7 +16,9 @@ from typing import Any
 from agent.spec import ClusterSpec, capi
 
 from . import upgrade
+from .certs import earliest_expiry
 from .compare import CAPI_SCHEMAS, Path, applied_fields, owned_fields, render, same, up_to_date
+from .gate import Gate, Operation
 from .ownership import claim_fields, other_owners, with_managed_fields
 from .types import AGENT_FIELD_MANAGER, Action, Apply, Delete, Note, Obj, Observed, Plan, dig
 from .versions import compare, try_parse
@@ -42,6 +44,14 @@ class _Builder:
         self.updates: list[Action] = []
         self.deletes: list[Action] = []
         self.notes: list[Note] = []
+        self.gate = Gate(None, observed.now)
+
+    def may_start(self, op: Operation, what: str) -> bool:
+        """Whether the disruptive operation may start now; notes why not (or why anyway)."""
+        ok, note = self.gate.check(op, what)
+        if note is not None:
+            self.notes.append(note)
+        return ok
 
     def plan(self) -> Plan:
         # Templates before their owners, owners before garbage: every step is safe on its own.
@@ -49,9 +59,13 @@ class _Builder:
 
 
 def plan_topology(spec: ClusterSpec, observed: Observed, *,
-                  manager: str = AGENT_FIELD_MANAGER) -> Plan:
-    """`manager` is the field manager the agent applies as (its managedFields are read)."""
+                  manager: str = AGENT_FIELD_MANAGER, contact_age: float | None = None) -> Plan:
+    """`manager` is the field manager the agent applies as (its managedFields are read);
+    `contact_age` is how many seconds ago the management plane was last heard from (for the
+    maintenance policy's stale-spec guard; None: unknown, no guard)."""
     b = _Builder(manager, observed)
+    b.gate = Gate(spec.maintenance, observed.now, contact_age,
+                  earliest_expiry(observed.machines))
     referenced: set[str] = set()
     cp_version = _plan_control_plane(spec, observed, b, referenced)
     cp_next = _next_control_plane_step(spec, cp_version)
@@ -115,13 +129,13 @@ def _plan_control_plane(spec: ClusterSpec, observed: Observed, b: _Builder,
                                 f"{', '.join(lagging)}, more than the supported kubelet skew "
                                 f"behind {step}; the pools move up first"))
         elif step is not None:
-            if settled:
+            if settled and b.may_start("upgrade", f"control-plane upgrade to {step}"):
                 version = step
                 plan = upgrade.steps(current, spec.kubernetes_version, policy.path)
                 b.notes.append(Note("Upgrading", f"control plane: {current} -> {step} "
                                     f"({len(plan)} step(s) to go: {' -> '.join(plan)}); the "
                                     "worker pools follow once it is done"))
-            else:
+            elif not settled:
                 b.notes.append(Note("WaitingForRollout", "control-plane upgrade to "
                                     f"{step} waits for the rollout in progress to finish"))
 
@@ -130,6 +144,9 @@ def _plan_control_plane(spec: ClusterSpec, observed: Observed, b: _Builder,
         new_ref = str(current_ref)
         b.notes.append(Note("WaitingForRollout", "control-plane machine template change waits "
                             "for the rollout in progress to finish"))
+    elif current_ref and current_ref != template_name and not b.may_start(
+            "repave", "control-plane machine template change"):
+        new_ref = str(current_ref)
 
     wanted = capi.control_plane_fields(spec, version, new_ref)
     wanted["metadata"]["name"] = _name(kcp)
@@ -143,6 +160,10 @@ def _plan_control_plane(spec: ClusterSpec, observed: Observed, b: _Builder,
     intent = applied_fields(wanted, schema)
     if not settled:
         _hold_back(kcp, wanted, owned, b)
+    elif dig(wanted, "spec", *_AFTER) is not None and not same(
+            dig(wanted, "spec", *_AFTER), dig(kcp, "spec", *_AFTER)) and not b.may_start(
+            "rotation", "control-plane certificate rotation (rollout.after)"):
+        _keep_applied(kcp.get("spec") or {}, wanted["spec"], _AFTER, owned)
     if claim is not None or not up_to_date(live, wanted, b.manager, schema):
         b.updates.append(Apply(_KCP, _name(kcp), wanted,
                                _describe_cp_change(kcp, wanted, owned), claim))
@@ -357,6 +378,12 @@ def _plan_existing_pool(spec: ClusterSpec, pool: Any, md: Obj, infra: str, boot:
         starts = False
         b.notes.append(Note("WaitingForRollout", f"pool {pool.name}: template or version change "
                             "waits for the rollout in progress to finish"))
+    elif changes_template and not b.may_start(
+            "upgrade" if version != current else "repave",
+            f"pool {pool.name}: " + (f"upgrade to {version}" if version != current
+                                     else "machine template change")):
+        version, infra, boot = current or version, str(cur_infra or infra), str(cur_boot or boot)
+        starts = False
     elif changes_template and not may_roll:
         what = f"upgrade to {version}" if version != current else "machine template change"
         version, infra, boot = current or version, str(cur_infra or infra), str(cur_boot or boot)

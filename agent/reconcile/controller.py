@@ -56,8 +56,10 @@ class TopologyController:
                  on_pass: Callable[[PassResult], Awaitable[None]] | None = None,
                  is_leader: Callable[[], bool] = lambda: True,
                  resync: float = 30.0, watch_timeout: int = 300,
-                 queue: WorkQueue | None = None, idle_beat: float = 5.0) -> None:
+                 queue: WorkQueue | None = None, idle_beat: float = 5.0,
+                 contact_age: Callable[[], float | None] = lambda: None) -> None:
         self.kube = kube
+        self.contact_age = contact_age
         self.desired = desired
         self.on_pass = on_pass
         self.is_leader = is_leader
@@ -197,7 +199,7 @@ class TopologyController:
         except KubeError as e:
             return PassResult(spec.revision, None, error=str(e),
                               duration=time.perf_counter() - start)
-        plan = plan_topology(spec, observed)
+        plan = plan_topology(spec, observed, contact_age=self.contact_age())
         outcome = await execute(self.kube, plan, may_write=self.is_leader,
                                 written=caches.write_through if caches is not None else None)
         for action in outcome.done:

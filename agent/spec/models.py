@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from .addons import ClusterProfile
 from .base import Model, Namespace, dns_label
+from .maintenance import MaintenancePolicy
 
 SEMVER = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 SSH_KEY = re.compile(
@@ -238,6 +239,7 @@ class ClusterSpec(Model):
     # None when not set, so a spec that does not use it signs (and hashes) as before, and an
     # agent that predates it keeps accepting it.
     upgrade: UpgradePolicy | None = None
+    maintenance: MaintenancePolicy | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSpec:

@@ -331,20 +331,20 @@ async def test_an_upgrade_with_a_gap_or_a_downgrade_is_refused_and_the_last_spec
     # v1.35 -> v1.38 with only v1.36 named: v1.37 is missing.
     await plane.kube.apply(OUTPOST_CLUSTER, cluster("edge-1", kubernetesVersion="v1.38.1",
                                                     upgrade={"path": ["v1.36.4"]}),
-                           field_manager="kubectl")
+                           field_manager="kubectl", force=True)
     msg = await eventually(lambda: refused("UpgradePathGap"), what="the gap refused")
     assert "goes through v1.37" in msg and "spec.upgrade.path names no v1.37 release" in msg
     st = await plane.status("edge-1")
     assert st["desiredRevision"] == 1 and st["kubernetesVersion"] == "v1.35.2"
     # A downgrade likewise.
     await plane.kube.apply(OUTPOST_CLUSTER, cluster("edge-1", kubernetesVersion="v1.34.9"),
-                           field_manager="kubectl")
+                           field_manager="kubectl", force=True)
     msg = await eventually(lambda: refused("UpgradeRefused"), what="the downgrade refused")
     assert "cannot be downgraded" in msg and "set v1.35.2 or newer" in msg
     # With the missing stop named, the upgrade is revision 2.
     await plane.kube.apply(OUTPOST_CLUSTER, cluster(
         "edge-1", kubernetesVersion="v1.38.1", upgrade={"path": ["v1.36.4", "v1.37.2"]}),
-        field_manager="kubectl")
+        field_manager="kubectl", force=True)
 
     async def accepted() -> bool:
         st = await plane.status("edge-1")

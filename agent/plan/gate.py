@@ -1,0 +1,71 @@
+"""Whether a disruptive operation may start now: pure, from the cluster's maintenance policy,
+the time, how long ago the management plane was last heard from, and the earliest certificate
+expiry.
+
+- A stale spec (no contact for longer than `staleAfterDays`) starts no upgrade and no repave;
+  certificate rotation goes on (an expired certificate is an outage).
+- Outside every maintenance window nothing disruptive starts, except a certificate rotation
+  when a certificate expires within `emergencyDays` (said in a note).
+- What is already rolling is never interrupted (the planner's own rule); scaling and add-on
+  repairs are not disruptive and never wait here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from agent.spec.maintenance import MaintenancePolicy, window_state
+
+from .types import Note
+
+Operation = Literal["upgrade", "repave", "rotation"]
+
+
+def _span(seconds: float) -> str:
+    s = int(seconds)
+    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    return f"{d}d{h}h" if d else f"{h}h{m}m" if h else f"{m}m"
+
+
+@dataclass(frozen=True)
+class Gate:
+    policy: MaintenancePolicy | None
+    now: datetime
+    contact_age: float | None = None  # seconds since the management plane was last heard
+    cert_expiry: datetime | None = None
+
+    @property
+    def stale(self) -> bool:
+        p = self.policy
+        return (p is not None and p.stale_after_days is not None
+                and self.contact_age is not None and self.contact_age > p.stale_after_days * 86400)
+
+    def check(self, op: Operation, what: str) -> tuple[bool, Note | None]:
+        """(may start, a note saying why not or why anyway)."""
+        p = self.policy
+        if p is None:
+            return True, None
+        if self.stale and op != "rotation":
+            return False, Note("StaleSpec", (
+                f"{what} does not start: the management plane was last heard from "
+                f"{_span(self.contact_age or 0)} ago, over the policy's "
+                f"{p.stale_after_days}d; replicas, add-ons and certificate rotation go on"))
+        is_open, next_open = window_state(p.windows, self.now)
+        if is_open:
+            return True, None
+        expiring = self.cert_expiry is not None and self.cert_expiry - self.now < timedelta(
+            days=p.emergency_days)
+        if op == "rotation" and expiring:
+            assert self.cert_expiry is not None
+            return True, Note("EmergencyRotation", (
+                f"{what} starts outside the maintenance windows: a certificate expires "
+                f"{self.cert_expiry:%Y-%m-%d %H:%M} UTC, within the policy's "
+                f"{p.emergency_days}d"))
+        when = (f"the next opens {next_open.isoformat(timespec='minutes')} (in "
+                f"{_span((next_open - self.now).total_seconds())})" if next_open else
+                "no window opens within a week")
+        windows = "; ".join(w.describe() for w in p.windows)
+        return False, Note("WaitingForMaintenanceWindow",
+                           f"{what} waits for a maintenance window ({windows}): {when}")
