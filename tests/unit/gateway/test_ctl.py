@@ -49,7 +49,7 @@ def test_an_upgrade_over_several_minors_names_its_stops() -> None:
     assert spec["kubernetesVersion"] == "v1.38.1"
     assert spec["upgrade"]["path"] == ["v1.36.4", "v1.37.2"]  # oldest first
     assert changes == ["Kubernetes v1.35.2 → v1.38.1 (through v1.36.4, v1.37.2)"]
-    with pytest.raises(edits.EditRefused, match="'1.37' is not a Kubernetes version"):
+    with pytest.raises(edits.EditRefused, match=r"'1\.37' is not a Kubernetes version"):
         edits.upgrade(obj(), "v1.38.1", pinned_workers=False, via=["v1.36.4", "1.37"])
 
 
