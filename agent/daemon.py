@@ -27,7 +27,7 @@ from agent.intake.bundles import BundleFetcher, ContentStore
 from agent.kube import ApiKubeClient, KubeClient, KubeError
 from agent.kube import resources as r
 from agent.metrics import Metrics
-from agent.plan.certs import earliest_expiry
+from agent.plan.certs import expiries
 from agent.reconcile import PassResult, TopologyController
 from agent.reconcile.addons import AddonController
 from agent.reconcile.inventory import InventoryStore
@@ -37,7 +37,7 @@ from agent.runtime import LeaderElector
 from agent.runtime.contact import LastContact
 from agent.runtime.supervisor import Supervisor, SupervisorFailed
 from agent.settings import Settings
-from agent.spec import ClusterSpec, StatusReport, load_public_keys, logfmt
+from agent.spec import ClusterSpec, Condition, StatusReport, load_public_keys, logfmt
 from agent.spec.envelope import explain_settings
 
 log = logging.getLogger("outpost.agent")
@@ -171,9 +171,13 @@ class Agent:
             await self.publisher.emit("SpecApplied", f"cluster converged to revision "
                                       f"{result.revision}", revision=result.revision)
         if result.observed is not None:
-            expiry = earliest_expiry(result.observed.machines)
-            if expiry is not None:
-                self.metrics.cert_expiry.set(expiry.timestamp())
+            found = expiries(result.observed.machines)
+            if found:
+                self.metrics.cert_expiry.set(found[0][1].timestamp())
+            self.metrics.machine_cert_expiry.clear()
+            for machine, expires in found:
+                self.metrics.machine_cert_expiry.labels(machine=machine).set(
+                    expires.timestamp())
         await self._report(force=bool(result.done) or result.error is not None)
 
     async def _report_failures(self, result: PassResult) -> None:
@@ -247,7 +251,9 @@ class Agent:
             rejection=f"{rej.reason}: {rej.message}" if rej else None,
             connected=self.intake.watcher.connected, agent_version=self.version,
             now=datetime.now(UTC), previous=self.last_status, notes=self.notes.items(),
-            addons=self.addons.report())
+            addons=self.addons.report(),
+            certificates=expiries(observed.machines) if observed else ())
+        self._tell_expiring(status)
         unchanged = self.last_status is not None and status.model_copy(
             update={"reported_at": self.last_status.reported_at}) == self.last_status
         due = loop.time() - self._last_status_at >= self.settings.status_interval_seconds
@@ -257,6 +263,19 @@ class Agent:
         self._last_status_at = loop.time()
         await self.publisher.publish_status(status)
         self.metrics.outbox_depth.set(self.outbox.depth)
+
+    def _tell_expiring(self, status: StatusReport) -> None:
+        """A Warning Event when certificates come within the rotation policy."""
+        def expiring(report: StatusReport | None) -> Condition | None:
+            found = next((c for c in (report.conditions if report else ())
+                          if c.type == "CertificatesExpiring"), None)
+            return found if found is not None and found.status == "True" else None
+
+        now, before = expiring(status), expiring(self.last_status)
+        if now is not None and before is None:
+            self._spawn(self.publisher.emit("CertificatesExpiring", now.message,
+                                            type="Warning"))
+            self._spawn(self._kube_event("Warning", "CertificatesExpiring", now.message))
 
     async def _kube_event(self, type_: str, reason: str, message: str) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -51,6 +51,10 @@ class Metrics:
         self.cert_expiry = Gauge(
             "outpost_agent_certificate_expiry_timestamp_seconds",
             "Earliest control-plane certificate expiry (Unix time).", registry=r)
+        self.machine_cert_expiry = Gauge(
+            "outpost_agent_machine_certificate_expiry_timestamp_seconds",
+            "Earliest certificate expiry of each control-plane machine (Unix time).",
+            ["machine"], registry=r)
         self.cache_corrupt = Counter(
             "outpost_agent_spec_cache_corrupt_total",
             "Corrupt spec cache files detected at load.", registry=r)

@@ -355,13 +355,18 @@ def status_of(rec: ClusterRecord | None, obj: Obj, *, spec_digest: str | None,
                 "lastError": a.last_error}.items() if v is not None} for a in report.addons]
         else:
             out.pop("addons", None)
+        if report.certificates:
+            out["certificates"] = {
+                "expiresAt": _time(report.certificates[0].expires_at),
+                "machines": [{"machine": m.machine, "expiresAt": _time(m.expires_at)}
+                             for m in report.certificates]}
         for c in report.conditions:
             if c.type in ("Ready", "SpecAccepted"):
                 continue
             conditions.append(_agent_condition(c, generation))
     else:
         for key in ("appliedRevision", "observedRevision", "lastSeen", "agentVersion",
-                    "agentPhase", "addons"):
+                    "agentPhase", "addons", "certificates"):
             if key in old:
                 out[key] = old[key]
         out["connected"] = False

@@ -19,13 +19,19 @@ def _parse(ts: object) -> datetime | None:
         return None
 
 
-def earliest_expiry(machines: Iterable[Obj]) -> datetime | None:
-    """The soonest `status.certificatesExpiryDate` among live control-plane machines: the day
-    the cluster stops working unless certificates are rotated before it."""
-    dates = [
-        d for m in machines
+def expiries(machines: Iterable[Obj]) -> list[tuple[str, datetime]]:
+    """(machine, `status.certificatesExpiryDate`) of each live control-plane machine that
+    reports one, soonest first."""
+    out = [
+        (str((m.get("metadata") or {}).get("name", "")), d) for m in machines
         if CONTROL_PLANE_LABEL in ((m.get("metadata") or {}).get("labels") or {})
         and not (m.get("metadata") or {}).get("deletionTimestamp")
         and (d := _parse((m.get("status") or {}).get("certificatesExpiryDate"))) is not None
     ]
-    return min(dates) if dates else None
+    return sorted(out, key=lambda e: (e[1], e[0]))
+
+
+def earliest_expiry(machines: Iterable[Obj]) -> datetime | None:
+    """The day the cluster stops working unless certificates are rotated before it."""
+    found = expiries(machines)
+    return found[0][1] if found else None

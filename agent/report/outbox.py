@@ -242,7 +242,9 @@ class Outbox:
         with self._lock:
             self._check_open()
             seq = self._next
-            record = Record("status", seq, status.model_dump_json(by_alias=True).encode())
+            # Fields left unset are left out, so a gateway that predates them reads the report.
+            record = Record("status", seq, status.model_dump_json(
+                by_alias=True, exclude_none=True).encode())
             line = _encode(record)
             self._check_size(len(line))
             old = self._status

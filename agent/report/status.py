@@ -27,6 +27,7 @@ from agent.spec.models import ClusterSpec
 from agent.spec.status import (
     AddonStatus,
     Condition,
+    MachineCertificates,
     Phase,
     PoolStatus,
     ReplicaStatus,
@@ -209,6 +210,23 @@ def note_conditions(notes: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {reason: "; ".join(messages) for reason, messages in grouped.items()}
 
 
+def _certificates(spec: ClusterSpec, certs: tuple[tuple[str, datetime], ...],
+                  now: datetime) -> _Verdict:
+    """True (a warning) when a control-plane certificate expires within the policy's
+    rotateBeforeDays: Cluster API rolls that machine (rollout.before); say when, and how to do
+    it now."""
+    machine, expires = certs[0]
+    days = (expires - now).total_seconds() / 86400
+    policy = spec.certificates.rotate_before_days
+    when = f"{expires:%Y-%m-%d %H:%M} UTC ({'expired' if days < 0 else f'in {days:.0f}d'})"
+    if days < policy:
+        return _Verdict("True", "WithinRotationPolicy", (
+            f"machine {machine}'s certificates expire {when}, within rotateBeforeDays "
+            f"{policy}: Cluster API replaces the machine to renew them (outpostctl rotate-certs "
+            "renews all now)"))
+    return _Verdict("False", "NotExpiring", f"the earliest expiry is machine {machine}'s, {when}")
+
+
 def _addons(spec: ClusterSpec | None, addons: tuple[AddonStatus, ...]) -> _Verdict:
     wanted = {a.name for a in spec.profile.addons} if spec and spec.profile else set()
     if not wanted and not addons:
@@ -244,6 +262,7 @@ def compute_status(
     previous: StatusReport | None = None,
     notes: Iterable[tuple[str, str]] = (),
     addons: Iterable[AddonStatus] = (),
+    certificates: Iterable[tuple[str, datetime]] = (),
 ) -> StatusReport:
     """The report for ``cluster`` (see the module doc for the phases).
 
@@ -309,6 +328,9 @@ def compute_status(
 
     verdicts = dict(zip(CONDITION_TYPES, (ready, accepted, applied, cp, wk, ad, reconciled,
                                           link), strict=True))
+    certs = tuple(certificates)
+    if certs and spec is not None:
+        verdicts["CertificatesExpiring"] = _certificates(spec, certs, now)
     for reason, messages in note_conditions(notes).items():
         verdicts.setdefault(reason, _Verdict("True", reason, messages))
     before = {c.type: c for c in previous.conditions} if previous else {}
@@ -329,6 +351,8 @@ def compute_status(
         control_plane=cp_status,
         workers=workers,
         addons=addon_list,
+        certificates=tuple(MachineCertificates(machine=m, expires_at=e) for m, e in certs)
+        if certs else None,
         last_error=error,
         connected=connected,
         agent_version=agent_version,

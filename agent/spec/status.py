@@ -46,6 +46,11 @@ class AddonStatus(Model):
     last_error: str | None = None
 
 
+class MachineCertificates(Model):
+    machine: str
+    expires_at: datetime = Field(description="earliest expiry of the machine's certificates")
+
+
 class StatusReport(Model):
     cluster: str
     observed_revision: Annotated[int, Field(ge=0)] = Field(
@@ -57,6 +62,9 @@ class StatusReport(Model):
     control_plane: ReplicaStatus | None = None
     workers: tuple[PoolStatus, ...] = ()
     addons: tuple[AddonStatus, ...] = ()
+    # None (left out) until the control-plane machines report expiries.
+    certificates: tuple[MachineCertificates, ...] | None = Field(
+        default=None, description="control-plane machines' certificate expiry, soonest first")
     last_error: str | None = None
     connected: bool
     agent_version: str

@@ -239,3 +239,29 @@ def test_long_texts_are_cut() -> None:
     assert r.last_error is not None and len(r.last_error) == MAX_ERROR_CHARS
     assert all(len(c.message) <= 1024 for c in r.conditions)
     assert r.phase == "Degraded"
+
+
+def test_certificate_expiry_within_the_policy_is_a_warning_condition() -> None:
+    spec = make_spec(certificates={"rotateBeforeDays": 30})
+    soon = [("edge-cp-b", NOW + timedelta(days=12)), ("edge-cp-a", NOW + timedelta(days=200))]
+
+    def report(certs: list[tuple[str, datetime]]) -> StatusReport:
+        return compute_status("edge", spec, observed_revision=2, applied_revision=2,
+                              control_plane=kcp(), machine_deployments=[md()], connected=True,
+                              agent_version="t", now=NOW, certificates=certs)
+
+    st = report(soon)
+    assert st.certificates is not None
+    assert [(c.machine, c.expires_at) for c in st.certificates] == soon
+    c = next(c for c in st.conditions if c.type == "CertificatesExpiring")
+    assert (c.status, c.reason) == ("True", "WithinRotationPolicy")
+    assert "edge-cp-b's certificates expire 2030-06-13 12:00 UTC (in 12d), within " \
+           "rotateBeforeDays 30" in c.message and "outpostctl rotate-certs" in c.message
+    later = report([("edge-cp-a", NOW + timedelta(days=200))])
+    c = next(c for c in later.conditions if c.type == "CertificatesExpiring")
+    assert (c.status, c.reason) == ("False", "NotExpiring")
+    none = report([])
+    assert none.certificates is None
+    assert all(c.type != "CertificatesExpiring" for c in none.conditions)
+    # Left out of the wire form when unknown: a gateway that predates it reads the report.
+    assert "certificates" not in none.model_dump(by_alias=True, exclude_none=True)
