@@ -25,7 +25,7 @@ from agent.kube import Obj, Resource
 from agent.spec import ClusterSpec, Condition, StatusReport, explain
 from agent.spec.addons import ClusterProfile
 from agent.spec.base import Model, Namespace
-from agent.spec.maintenance import MaintenancePolicy
+from agent.spec.maintenance import Approval, MaintenancePolicy
 from agent.spec.models import (
     CertificatePolicy,
     ClusterName,
@@ -77,6 +77,7 @@ class OutpostClusterSpec(Model):
     ssh_authorized_keys: tuple[SshKey, ...] = ()
     upgrade: UpgradePolicy | None = None
     maintenance: MaintenancePolicy | None = None
+    approvals: tuple[Approval, ...] | None = None
 
     def to_spec(self, name: str, namespace: str, revision: int,
                 profile: ClusterProfile | None) -> ClusterSpec:

@@ -6,6 +6,9 @@ expiry.
   certificate rotation goes on (an expired certificate is an outage).
 - Outside every maintenance window nothing disruptive starts, except a certificate rotation
   when a certificate expires within `emergencyDays` (said in a note).
+- An operation the policy says needs approval waits for one that approves the spec as it is
+  (an approval of another version or template, e.g. replayed from an earlier change, does not
+  count, and the note says so).
 - What is already rolling is never interrupted (the planner's own rule); scaling and add-on
   repairs are not disruptive and never wait here.
 """
@@ -14,13 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
 
-from agent.spec.maintenance import MaintenancePolicy, window_state
+from agent.spec import ClusterSpec
+from agent.spec.maintenance import (
+    MaintenancePolicy,
+    Operation,
+    approval_subject,
+    window_state,
+)
 
 from .types import Note
-
-Operation = Literal["upgrade", "repave", "rotation"]
 
 
 def _span(seconds: float) -> str:
@@ -35,6 +41,8 @@ class Gate:
     now: datetime
     contact_age: float | None = None  # seconds since the management plane was last heard
     cert_expiry: datetime | None = None
+    approved: frozenset[Operation] = frozenset()  # approvals that match the spec as it is
+    refused: tuple[str, ...] = ()  # approvals that do not, and why
 
     @property
     def stale(self) -> bool:
@@ -52,6 +60,10 @@ class Gate:
                 f"{what} does not start: the management plane was last heard from "
                 f"{_span(self.contact_age or 0)} ago, over the policy's "
                 f"{p.stale_after_days}d; replicas, add-ons and certificate rotation go on"))
+        if op in p.require_approval and op not in self.approved:
+            why = f"; {'; '.join(self.refused)}" if self.refused else ""
+            return False, Note("WaitingForApproval", (
+                f"{what} needs an approval of the {op} (outpostctl approve <cluster> {op}){why}"))
         is_open, next_open = window_state(p.windows, self.now)
         if is_open:
             return True, None
@@ -69,3 +81,18 @@ class Gate:
         windows = "; ".join(w.describe() for w in p.windows)
         return False, Note("WaitingForMaintenanceWindow",
                            f"{what} waits for a maintenance window ({windows}): {when}")
+
+
+def check_approvals(spec: ClusterSpec) -> tuple[frozenset[Operation], tuple[str, ...]]:
+    """The operations the spec's approvals approve as it stands, and why the others do not."""
+    body = spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+    approved: set[Operation] = set()
+    refused: list[str] = []
+    for a in spec.approvals or ():
+        if a.subject == approval_subject(a.operation, body):
+            approved.add(a.operation)
+        else:
+            refused.append(f"the approval of the {a.operation} by {a.approved_by} "
+                           f"({a.approved_at:%Y-%m-%d %H:%M} UTC, revision {a.revision}) "
+                           "approves another one and does not count")
+    return frozenset(approved), tuple(refused)

@@ -14,11 +14,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent.spec import ClusterSpec, capi
+from agent.spec.maintenance import Operation
 
 from . import upgrade
 from .certs import earliest_expiry
 from .compare import CAPI_SCHEMAS, Path, applied_fields, owned_fields, render, same, up_to_date
-from .gate import Gate, Operation
+from .gate import Gate, check_approvals
 from .ownership import claim_fields, other_owners, with_managed_fields
 from .types import AGENT_FIELD_MANAGER, Action, Apply, Delete, Note, Obj, Observed, Plan, dig
 from .versions import compare, try_parse
@@ -64,8 +65,9 @@ def plan_topology(spec: ClusterSpec, observed: Observed, *,
     `contact_age` is how many seconds ago the management plane was last heard from (for the
     maintenance policy's stale-spec guard; None: unknown, no guard)."""
     b = _Builder(manager, observed)
+    approved, refused = check_approvals(spec)
     b.gate = Gate(spec.maintenance, observed.now, contact_age,
-                  earliest_expiry(observed.machines))
+                  earliest_expiry(observed.machines), approved, refused)
     referenced: set[str] = set()
     cp_version = _plan_control_plane(spec, observed, b, referenced)
     cp_next = _next_control_plane_step(spec, cp_version)

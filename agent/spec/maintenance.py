@@ -6,9 +6,12 @@ certificate rotation; each replaces machines. Scaling and add-on repairs are nev
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field
@@ -68,9 +71,49 @@ class MaintenanceWindow(Model):
         return f"{days} {self.start} {self.time_zone} for {self.duration_minutes}m"
 
 
+Operation = Literal["upgrade", "repave", "rotation"]
+OPERATIONS: tuple[Operation, ...] = ("upgrade", "repave", "rotation")
+
+
+def approval_subject(operation: Operation, spec: Mapping[str, Any]) -> str:
+    """What an approval of `operation` approves, as a digest of the spec fields that make it
+    (the spec as JSON, camelCase, unset fields left out; an OutpostCluster's spec and the
+    signed ClusterSpec give the same): the target version and path of an upgrade, the machine
+    templates of a repave, the rotateAfter of a rotation. An approval is valid only while the
+    spec still says the same, so it cannot be replayed onto a later change."""
+    if operation == "upgrade":
+        body: Any = {"kubernetesVersion": spec.get("kubernetesVersion"),
+                     "path": (spec.get("upgrade") or {}).get("path") or [],
+                     "workers": {w.get("name"): w.get("version")
+                                 for w in spec.get("workers") or ()}}
+    elif operation == "repave":
+        body = {"controlPlane": (spec.get("controlPlane") or {}).get("machine"),
+                "workers": {w.get("name"): w.get("machine") for w in spec.get("workers") or ()}}
+    else:
+        body = {"rotateAfter": (spec.get("certificates") or {}).get("rotateAfter")}
+    raw = json.dumps([operation, body], sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+class Approval(Model):
+    """Someone's go-ahead for one disruptive operation of the spec as it stands, signed with the
+    spec by the gateway, so a site cut off after receiving it can still act on it."""
+
+    operation: Operation
+    subject: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$",
+                                  description="approval_subject() of the spec approved")]
+    approved_by: Annotated[str, Field(min_length=1, max_length=256)]
+    approved_at: datetime
+    revision: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="the spec revision the approver saw (for people; the subject "
+                               "is what binds it)")
+
+
 class MaintenancePolicy(Model):
     windows: tuple[MaintenanceWindow, ...] = Field(
         default=(), description="when disruptive operations may start (none: any time)")
+    require_approval: tuple[Operation, ...] = Field(
+        default=(), description="operations that start only with an approval in the spec")
     stale_after_days: Annotated[int, Field(ge=1, le=365)] | None = Field(
         default=None, description="no disruptive operation starts from a spec once the last "
                                   "contact with the management plane is older than this")

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from .addons import ClusterProfile
 from .base import Model, Namespace, dns_label
-from .maintenance import MaintenancePolicy
+from .maintenance import Approval, MaintenancePolicy
 
 SEMVER = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 SSH_KEY = re.compile(
@@ -240,6 +240,7 @@ class ClusterSpec(Model):
     # agent that predates it keeps accepting it.
     upgrade: UpgradePolicy | None = None
     maintenance: MaintenancePolicy | None = None
+    approvals: tuple[Approval, ...] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSpec:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.spec import explain, path_gap
+from agent.spec.maintenance import Operation, approval_subject
 
 from ..clusters import OutpostClusterSpec
 
@@ -148,6 +149,30 @@ def rotate_certs(spec: Mapping[str, Any], at: datetime) -> tuple[Spec, list[str]
     stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
     new.setdefault("certificates", {})["rotateAfter"] = stamp
     return _checked(new), [f"certificates rotated for machines created before {stamp}"]
+
+
+def approve(obj: Mapping[str, Any], operation: Operation, by: str,
+            at: datetime) -> tuple[Spec, list[str]]:
+    """Approve the disruptive `operation` of OutpostCluster `obj`'s spec as it stands (it
+    replaces an earlier approval of that operation). The approval names what it approves by
+    digest, so a later change of the spec needs a new one."""
+    new = copy.deepcopy(dict(obj.get("spec") or {}))
+    normal = OutpostClusterSpec.model_validate(new).model_dump(by_alias=True, mode="json",
+                                                               exclude_none=True)
+    subject = approval_subject(operation, normal)
+    kept = [a for a in new.get("approvals") or () if a.get("operation") != operation]
+    revision = int((obj.get("status") or {}).get("desiredRevision") or 0)
+    already = [a for a in new.get("approvals") or ()
+               if a.get("operation") == operation and a.get("subject") == subject]
+    if already:
+        return new, []
+    new["approvals"] = [*kept, {"operation": operation, "subject": subject, "approvedBy": by,
+                                "approvedAt": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                "revision": revision}]
+    what = {"upgrade": f"the upgrade to {normal.get('kubernetesVersion')}",
+            "repave": "the machine repave (current templates)",
+            "rotation": "the certificate rotation"}[operation]
+    return _checked(new), [f"approved {what} (by {by}, as of revision {revision})"]
 
 
 def set_profile(spec: Mapping[str, Any], name: str, version: str,

@@ -36,6 +36,7 @@ from agent.kube import (
 )
 from agent.kube import resources as r
 from agent.spec import explain
+from agent.spec.maintenance import OPERATIONS
 
 from ..bootstrap import kubeconfig_secret
 from ..clusters import API_VERSION, CLUSTER_PROFILE, OUTPOST_CLUSTER, OutpostClusterSpec
@@ -533,6 +534,31 @@ def upgrade(
 
     async def edit(obj: Obj, kube: ApiKubeClient) -> tuple[dict[str, Any], list[str]]:
         return edits.upgrade(obj, version, pinned_workers=pinned_workers, via=via or ())
+
+    _edit(ctx, name, namespace, edit)
+
+
+@app.command()
+def approve(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="the OutpostCluster")],
+        operation: Annotated[str, typer.Argument(
+            help="upgrade, repave or rotation: what the cluster's maintenance policy holds "
+                 "for an approval")],
+        by: Annotated[str | None, typer.Option(
+            help="who approves [default: $USER]", show_default=False)] = None,
+        namespace: NamespaceOpt = None,
+) -> None:
+    """Approve a disruptive operation of the cluster's spec as it stands. The approval travels
+    inside the signed spec, so a site cut off afterwards can still act on it; a later change of
+    what it approves (another version, other machine templates) needs a new approval."""
+    if operation not in OPERATIONS:
+        raise typer.BadParameter(f"{operation!r} is not one of {', '.join(OPERATIONS)}",
+                                 param_hint="OPERATION")
+    who = by or os.environ.get("USER") or "unknown"
+
+    async def edit(obj: Obj, kube: ApiKubeClient) -> tuple[dict[str, Any], list[str]]:
+        return edits.approve(obj, operation, who, _now())
 
     _edit(ctx, name, namespace, edit)
 

@@ -7,6 +7,7 @@ mid-rollout continues from what is observed, never leaving a pool on mixed versi
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import pytest_asyncio
 
 from testbed.apiserver.store import Event
 from testbed.site import Site
-from tests.fixtures.site import eventually, make_spec
+from tests.fixtures.site import eventually, make_spec, site
+
+__all__ = ["site"]
 
 PATH = ["v1.34.7", "v1.35.3"]
 
@@ -150,3 +153,52 @@ async def test_a_newer_spec_mid_rollout_continues_from_what_is_observed(
     for pool in ("a", "b"):  # at most one intermediate repave (if revision 2 got that far)
         assert timeline.of(pool) in (["v1.33.5", "v1.36.1"], ["v1.33.5", "v1.35.3", "v1.36.1"])
     assert timeline.interrupted == []
+
+
+async def test_an_upgrade_needing_approval_acts_on_a_signed_one_offline(site: Site) -> None:
+    """The policy holds upgrades for an approval: the approval must come inside a spec signed
+    by the gateway (a forged spec carrying one is rejected and changes nothing), and a site cut
+    off right after receiving it still acts on it."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.spec import sign
+    from mgmt_gateway.ctl import edits
+
+    agent = await site.start_agent()
+    policy = {"requireApproval": ["upgrade"]}
+    await site.publish(make_spec(revision=1, maintenance=policy))
+    await eventually(lambda: agent.agent.applied_revision == 1, timeout=60, what="revision 1")
+    await site.publish(make_spec(revision=2, version="v1.35.4", maintenance=policy))
+
+    def noted(reason: str) -> bool:
+        return reason in agent.agent.notes
+    await eventually(lambda: noted("WaitingForApproval"), what="the upgrade held")
+
+    cr = {"kubernetesVersion": "v1.35.4", "infrastructure": {"provider": "dev"},
+          "controlPlane": {"replicas": 1, "machine": {"provider": "dev"}},
+          "sshAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOutpostTestKey ops@site"],
+          "maintenance": policy}
+    approved, _ = edits.approve({"spec": cr, "status": {"desiredRevision": 2}}, "upgrade",
+                                "ops@site", datetime.now(UTC))
+    forged = make_spec(revision=3, version="v1.35.4", maintenance=policy,
+                       approvals=approved["approvals"])
+    await site.publish(sign(forged, Ed25519PrivateKey.generate()))
+    await eventually(lambda: agent.agent.intake.last_rejection is not None,
+                     what="the forged spec rejected")
+    assert agent.agent.intake.last_rejection is not None
+    assert agent.agent.intake.last_rejection.reason in ("unknown_key", "bad_signature")
+    assert site.obj("kubeadmcontrolplanes", "edge-1-control-plane")["spec"][  # type: ignore[index]
+        "version"] == "v1.35.2"
+    assert noted("WaitingForApproval")
+
+    await site.publish(make_spec(revision=4, version="v1.35.4", maintenance=policy,
+                                 approvals=approved["approvals"]))
+    await eventually(lambda: agent.agent.intake.desired is not None
+                     and agent.agent.intake.desired.revision == 4, what="revision 4 cached")
+    await site.nats.stop()
+
+    def upgraded() -> bool:
+        kcp = site.obj("kubeadmcontrolplanes", "edge-1-control-plane") or {}
+        return (kcp.get("status") or {}).get("version") == "v1.35.4"
+    await eventually(upgraded, timeout=60, what="the approved upgrade done offline")
+    assert not noted("WaitingForApproval")

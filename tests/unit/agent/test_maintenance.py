@@ -166,3 +166,49 @@ def test_the_planner_holds_upgrades_and_repaves_but_not_scaling() -> None:
     plan = plan_topology(target, in_window, contact_age=8 * DAY)
     assert all(a.kind != "KubeadmControlPlane" for a in plan.actions)
     assert "StaleSpec" in {n.reason for n in plan.notes}
+
+
+def approved_spec(version: str, approve_version: str | None, **extra: Any) -> Any:
+    """A spec at `version` whose approvals approve the upgrade of the spec at
+    `approve_version` (made as `outpostctl approve` makes them)."""
+    from mgmt_gateway.ctl import edits
+
+    base: dict[str, Any] = {
+        "kubernetesVersion": version, "infrastructure": {"provider": "dev"},
+        "controlPlane": {"replicas": 3, "machine": {"provider": "dev"}},
+        "workers": [{"name": "a", "replicas": 2, "machine": {"provider": "dev"}}],
+        "maintenance": {"requireApproval": ["upgrade"]}, **extra}
+    approvals = []
+    if approve_version is not None:
+        cr, _ = edits.approve({"spec": {**base, "kubernetesVersion": approve_version},
+                               "status": {"desiredRevision": 4}}, "upgrade", "ops@site",
+                              MONDAY)
+        approvals = cr["approvals"]
+    return make_spec(**{**base, "approvals": approvals} if approvals else base)
+
+
+def test_an_upgrade_waits_for_an_approval_of_exactly_it() -> None:
+    obs = replace(converged(make_spec()), now=MONDAY)
+
+    def cp_version(spec: Any) -> tuple[str | None, dict[str, str]]:
+        plan = plan_topology(spec, obs)
+        kcp = [a for a in plan.actions if a.kind == "KubeadmControlPlane"]
+        return (kcp[0].body["spec"]["version"] if kcp else None,  # type: ignore[union-attr]
+                {n.reason: n.message for n in plan.notes})
+
+    version, notes = cp_version(approved_spec("v1.35.4", None))
+    assert version is None
+    assert "needs an approval of the upgrade (outpostctl approve <cluster> upgrade)" in notes[
+        "WaitingForApproval"]
+    # An approval of another upgrade (replayed from an earlier change) does not count.
+    version, notes = cp_version(approved_spec("v1.35.4", "v1.35.3"))
+    assert version is None
+    assert "the approval of the upgrade by ops@site (2026-12-07 12:00 UTC, revision 4) " \
+           "approves another one" in notes["WaitingForApproval"]
+    version, notes = cp_version(approved_spec("v1.35.4", "v1.35.4"))
+    assert version == "v1.35.4" and "WaitingForApproval" not in notes
+    # Scaling never waits for an approval.
+    scaled = approved_spec("v1.35.2", None, workers=[
+        {"name": "a", "replicas": 4, "machine": {"provider": "dev"}}])
+    plan = plan_topology(scaled, obs)
+    assert ("apply", "MachineDeployment", "edge-a") in kinds(plan)
