@@ -321,6 +321,15 @@ async def test_day2_edits(mgmt: tuple[ApiKubeClient, Ctl]) -> None:
     rc, out, err = await ctl("upgrade", "edge-a", "v1.36.0", "-n", NS)
     assert rc == 0 and "Kubernetes v1.35.2 → v1.36.0" in out, err
     assert (await spec())["kubernetesVersion"] == "v1.36.0"
+    rc, out, err = await ctl("approve", "edge-a", "upgrade", "--by", "ops@site", "-n", NS)
+    assert rc == 0 and "approved the upgrade to v1.36.0 (by ops@site, as of revision 2)" in out, \
+        err
+    (approval,) = (await spec())["approvals"]
+    assert approval["operation"] == "upgrade" and approval["subject"].startswith("sha256:")
+    rc, out, err = await ctl("approve", "edge-a", "upgrade", "--by", "ops@site", "-n", NS)
+    assert rc == 0 and "nothing to change" in out, err
+    rc, _, err = await ctl("approve", "edge-a", "everything", "-n", NS)
+    assert rc == 2 and "not one of upgrade, repave, rotation" in err
     rc, out, err = await ctl("rotate-certs", "edge-a", "-n", NS)
     assert rc == 0, err
     assert (await spec())["certificates"]["rotateAfter"].endswith("Z")
