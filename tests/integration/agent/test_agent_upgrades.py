@@ -7,7 +7,7 @@ mid-rollout continues from what is observed, never leaving a pool on mixed versi
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +202,62 @@ async def test_an_upgrade_needing_approval_acts_on_a_signed_one_offline(site: Si
         return (kcp.get("status") or {}).get("version") == "v1.35.4"
     await eventually(upgraded, timeout=60, what="the approved upgrade done offline")
     assert not noted("WaitingForApproval")
+
+
+async def test_expiring_certificates_roll_even_when_stale_and_outside_windows(
+        site: Site) -> None:
+    """A site cut off for longer than staleAfterDays, outside its window: a control-plane
+    machine whose certificates come within rotateBeforeDays is still replaced (Cluster API's
+    rollout.before, which the agent keeps in force), the cluster says so, and the machine that
+    replaces it is not."""
+    import json
+
+    from testbed.capi.util import rfc3339
+
+    from agent.runtime.contact import boot_id, boottime
+
+    # A window that is never open now (an hour a week, starting an hour ago... or ahead).
+    start = (datetime.now(UTC) + timedelta(hours=3)).strftime("%H:%M")
+    day = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[
+        (datetime.now(UTC) + timedelta(days=3)).weekday()]
+    policy = {"windows": [{"days": [day], "start": start, "durationMinutes": 60}],
+              "staleAfterDays": 1}
+    first = await site.start_agent()
+    await site.publish(make_spec(revision=1, maintenance=policy,
+                                 certificates={"rotateBeforeDays": 30}))
+    await eventually(lambda: first.agent.intake.desired is not None, what="the spec cached")
+    assert await first.shutdown() == 0
+    await site.nats.stop()
+    # Three days later, as the agent's persisted record tells it (same boot).
+    (site.root / "state-agent-a" / "last-contact.json").write_text(json.dumps(
+        {"age": 3 * 86400.0, "boot": boot_id(), "boottime": boottime(), "wall": 0}))
+    agent = await site.start_agent()
+    await eventually(lambda: agent.agent.applied_revision == 1 or agent.agent.last_pass
+                     is not None, timeout=60, what="a first pass")
+    assert agent.agent.contact.age() > 86400
+
+    def machines() -> list[dict[str, Any]]:
+        rt = site.api.registry.type_by_kind("cluster.x-k8s.io/v1beta2", "Machine")
+        assert rt is not None
+        return [m for m in site.api.store.items(rt.key, "fleet")
+                if not m["metadata"].get("deletionTimestamp")]
+
+    await eventually(lambda: len(machines()) == 1 and "certificatesExpiryDate" in (
+        machines()[0].get("status") or {}), timeout=60, what="the control-plane machine up")
+    old = machines()[0]
+    rt = site.api.registry.type_by_kind("cluster.x-k8s.io/v1beta2", "Machine")
+    assert rt is not None
+    soon = dict(old)
+    soon["status"] = {**old["status"], "certificatesExpiryDate": rfc3339(
+        datetime.now(UTC) + timedelta(days=10))}
+    site.api.registry.update(rt, "fleet", old["metadata"]["name"], soon, manager="kubeadm",
+                             subresource="status")
+
+    async def replaced() -> bool:
+        names = [m["metadata"]["name"] for m in machines()]
+        return old["metadata"]["name"] not in names and len(names) == 1
+    await eventually(replaced, timeout=60, what="the machine with expiring certificates replaced")
+    kcp = site.obj("kubeadmcontrolplanes", "edge-1-control-plane")
+    assert kcp is not None
+    assert kcp["spec"]["rollout"]["before"] == {"certificatesExpiryDays": 30}
+    assert agent.agent.contact.age() > 86400  # still stale throughout
