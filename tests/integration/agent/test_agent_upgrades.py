@@ -6,6 +6,7 @@ mid-rollout continues from what is observed, never leaving a pool on mixed versi
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 
 import pytest_asyncio
 
+from agent.runtime.contact import boot_id, boottime
 from testbed.apiserver.store import Event
+from testbed.capi.util import rfc3339
 from testbed.site import Site
 from tests.fixtures.site import eventually, make_spec, site
 
@@ -208,15 +211,8 @@ async def test_expiring_certificates_roll_even_when_stale_and_outside_windows(
         site: Site) -> None:
     """A site cut off for longer than staleAfterDays, outside its window: a control-plane
     machine whose certificates come within rotateBeforeDays is still replaced (Cluster API's
-    rollout.before, which the agent keeps in force), the cluster says so, and the machine that
-    replaces it is not."""
-    import json
-
-    from testbed.capi.util import rfc3339
-
-    from agent.runtime.contact import boot_id, boottime
-
-    # A window that is never open now (an hour a week, starting an hour ago... or ahead).
+    rollout.before, which the agent keeps in force)."""
+    # The only window: an hour, three days from now, so closed throughout the test.
     start = (datetime.now(UTC) + timedelta(hours=3)).strftime("%H:%M")
     day = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[
         (datetime.now(UTC) + timedelta(days=3)).weekday()]
