@@ -57,9 +57,11 @@ class TopologyController:
                  is_leader: Callable[[], bool] = lambda: True,
                  resync: float = 30.0, watch_timeout: int = 300,
                  queue: WorkQueue | None = None, idle_beat: float = 5.0,
-                 contact_age: Callable[[], float | None] = lambda: None) -> None:
+                 contact_age: Callable[[], float | None] = lambda: None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.kube = kube
         self.contact_age = contact_age
+        self.clock = clock  # the time maintenance windows are read at
         self.desired = desired
         self.on_pass = on_pass
         self.is_leader = is_leader
@@ -192,9 +194,9 @@ class TopologyController:
         try:
             if caches is not None and caches.synced and caches.key == (
                     spec.namespace, spec.infrastructure.provider):
-                observed = caches.observe(spec)
+                observed = caches.observe(spec, self.clock())
             else:
-                observed = await observe(self.kube, spec)
+                observed = await observe(self.kube, spec, self.clock())
                 caches = None
         except KubeError as e:
             return PassResult(spec.revision, None, error=str(e),

@@ -257,3 +257,41 @@ async def test_expiring_certificates_roll_even_when_stale_and_outside_windows(
     assert kcp is not None
     assert kcp["spec"]["rollout"]["before"] == {"certificatesExpiryDays": 30}
     assert agent.agent.contact.age() > 86400  # still stale throughout
+
+
+async def test_an_upgrade_waits_offline_for_its_window_then_proceeds(site: Site) -> None:
+    """The agent's clock says Monday; the window is Saturday night in Berlin. Cut off, the
+    site holds the upgrade (and says until when), scales at once, and upgrades when the
+    window opens."""
+    now = [datetime(2026, 12, 7, 12, 0, tzinfo=UTC)]  # a Monday
+    agent = await site.start_agent()
+    agent.agent.controller.clock = lambda: now[0]
+    policy = {"windows": [{"days": ["Sat"], "start": "22:00", "durationMinutes": 240,
+                           "timeZone": "Europe/Berlin"}]}
+    await site.publish(make_spec(revision=1, maintenance=policy, workers={"a": 1}))
+    await eventually(lambda: agent.agent.applied_revision == 1, timeout=60, what="revision 1")
+    await site.publish(make_spec(revision=2, version="v1.35.4", maintenance=policy,
+                                 workers={"a": 2}))
+    await eventually(lambda: agent.agent.intake.desired is not None
+                     and agent.agent.intake.desired.revision == 2, what="revision 2 cached")
+    await site.nats.stop()
+
+    def pool_scaled() -> bool:
+        md = site.obj("machinedeployments", "edge-1-a") or {}
+        return (md.get("spec") or {}).get("replicas") == 2
+    await eventually(pool_scaled, timeout=60, what="the pool scaled outside the window")
+    await eventually(lambda: "WaitingForMaintenanceWindow" in agent.agent.notes,
+                     what="the upgrade held")
+    assert "the next opens 2026-12-12T22:00+01:00" in agent.agent.notes[
+        "WaitingForMaintenanceWindow"]
+    kcp = site.obj("kubeadmcontrolplanes", "edge-1-control-plane")
+    assert kcp is not None and kcp["spec"]["version"] == "v1.35.2"
+
+    now[0] = datetime(2026, 12, 12, 21, 30, tzinfo=UTC)  # Saturday 22:30 in Berlin
+    agent.agent.controller.trigger("the window opened")
+
+    def upgraded() -> bool:
+        kcp = site.obj("kubeadmcontrolplanes", "edge-1-control-plane") or {}
+        return (kcp.get("status") or {}).get("version") == "v1.35.4"
+    await eventually(upgraded, timeout=60, what="the upgrade done in the window")
+    assert "WaitingForMaintenanceWindow" not in agent.agent.notes
