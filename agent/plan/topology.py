@@ -133,14 +133,22 @@ def _plan_control_plane(spec: ClusterSpec, observed: Observed, b: _Builder,
         elif step is not None:
             if settled and b.may_start("upgrade", f"control-plane upgrade to {step}"):
                 version = step
-                plan = upgrade.steps(current, spec.kubernetes_version, policy.path)
-                b.notes.append(Note("Upgrading", f"control plane: {current} -> {step} "
-                                    f"({len(plan)} step(s) to go: {' -> '.join(plan)}); the "
+                k, route = upgrade.progress(current, spec.kubernetes_version, policy.path)
+                b.notes.append(Note("Upgrading", f"control plane: step {k} of {len(route)}, "
+                                    f"{current} -> {step} (route {' -> '.join(route)}); the "
                                     "worker pools follow once it is done"))
             elif not settled:
                 b.notes.append(Note("WaitingForRollout", "control-plane upgrade to "
                                     f"{step} waits for the rollout in progress to finish"))
 
+    if (readable and not settled and running is not None and try_parse(running) is not None
+            and compare(running, current) < 0):
+        k, route = upgrade.progress(running, spec.kubernetes_version,
+                                    spec.upgrade_policy.path)
+        if compare(current, spec.kubernetes_version) <= 0:
+            b.notes.append(Note("Upgrading", f"control plane: step {k} of {len(route)}, "
+                                f"rolling {running} -> {current} (route "
+                                f"{' -> '.join(route)})"))
     new_ref = template_name
     if current_ref and current_ref != template_name and not settled:
         new_ref = str(current_ref)

@@ -57,6 +57,19 @@ def steps(current: str, target: str, path: Sequence[str] = ()) -> list[str]:
         current = step
 
 
+def progress(current: str, target: str, path: Sequence[str] = ()) -> tuple[int, list[str]]:
+    """(the step `current` is taking toward `target`, 1-based; the whole route): the path's
+    stops older than the target, then the target. A stop of a minor the cluster has reached
+    counts as done, whatever its patch."""
+    tgt = parse_version(target)
+    route = [v for v in path if (parse_version(v).major, parse_version(v).minor)
+             < (tgt.major, tgt.minor)] + [target]
+    cur = parse_version(current)
+    done = sum(1 for v in route[:-1]
+               if (parse_version(v).major, parse_version(v).minor) <= (cur.major, cur.minor))
+    return done + 1, route
+
+
 def skew_too_wide(control_plane: str, kubelet: str) -> bool:
     """A kubelet more than the supported number of minors behind the API server."""
     cp, kl = parse_version(control_plane), parse_version(kubelet)

@@ -76,12 +76,18 @@ def test_pools_wait_while_the_control_plane_upgrades_and_say_so() -> None:
     target = spec("v1.36.1", upgrade={"path": ["v1.34.7", "v1.35.3"]})
     plan = plan_topology(target, obs)
     assert kinds(plan)[-1] == ("apply", "KubeadmControlPlane", "edge-control-plane")
-    assert "v1.33.5 -> v1.34.7 (3 step(s) to go: v1.34.7 -> v1.35.3 -> v1.36.1)" in notes(
-        plan)["Upgrading"]
+    assert ("control plane: step 1 of 3, v1.33.5 -> v1.34.7 (route v1.34.7 -> v1.35.3 -> "
+            "v1.36.1)") in notes(plan)["Upgrading"]
+    rolling_cp = run(plan, obs)  # the step rolling: status still at the old version
+    assert rolling_cp.kcp is not None
+    rolling_cp.kcp["status"]["upToDateReplicas"] = 1
+    assert "step 1 of 3, rolling v1.33.5 -> v1.34.7" in notes(plan_topology(
+        target, rolling_cp))["Upgrading"]
     obs = complete(run(plan, obs))
     plan = plan_topology(target, obs)
     assert "pool a stays at v1.33.5 until the control plane reaches v1.36.1" in notes(plan)[
         "WaitingForControlPlane"]
+    assert "step 2 of 3, v1.34.7 -> v1.35.3" in notes(plan)["Upgrading"]
     assert all(a.kind != "MachineDeployment" for a in plan.actions)
 
 
