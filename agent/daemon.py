@@ -28,6 +28,7 @@ from agent.kube import ApiKubeClient, KubeClient, KubeError
 from agent.kube import resources as r
 from agent.metrics import Metrics
 from agent.plan.certs import expiries
+from agent.plan.types import Observed
 from agent.reconcile import PassResult, TopologyController
 from agent.reconcile.addons import AddonController
 from agent.reconcile.inventory import InventoryStore
@@ -108,6 +109,7 @@ class Agent:
         self.notes: dict[str, str] = {}  # conditions from plan notes now holding: reason -> text
         self._failing: set[tuple[str, str, str]] = set()  # (kind, name, error) reported once
         self.last_status: StatusReport | None = None
+        self._certs: list[tuple[str, datetime]] = []
         self._last_status_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop: asyncio.Event | None = None
@@ -251,8 +253,7 @@ class Agent:
             rejection=f"{rej.reason}: {rej.message}" if rej else None,
             connected=self.intake.watcher.connected, agent_version=self.version,
             now=datetime.now(UTC), previous=self.last_status, notes=self.notes.items(),
-            addons=self.addons.report(),
-            certificates=expiries(observed.machines) if observed else ())
+            addons=self.addons.report(), certificates=self._certificates(observed))
         self._tell_expiring(status)
         unchanged = self.last_status is not None and status.model_copy(
             update={"reported_at": self.last_status.reported_at}) == self.last_status
@@ -263,6 +264,13 @@ class Agent:
         self._last_status_at = loop.time()
         await self.publisher.publish_status(status)
         self.metrics.outbox_depth.set(self.outbox.depth)
+
+    def _certificates(self, observed: Observed | None) -> list[tuple[str, datetime]]:
+        """The machines' certificate expiries: the last known ones when a pass could not
+        observe (an API error must not make the expiry, and its warning, come and go)."""
+        if observed is not None:
+            self._certs = expiries(observed.machines)
+        return self._certs
 
     def _tell_expiring(self, status: StatusReport) -> None:
         """A Warning Event when certificates come within the rotation policy."""

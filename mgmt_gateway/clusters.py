@@ -114,6 +114,14 @@ def cluster_object(name: str, namespace: str, spec: Mapping[str, Any]) -> Obj:
 def spec_hash(spec: ClusterSpec) -> str:
     """Digest of the desired content, revision excluded: equal specs get equal hashes."""
     body = spec.model_dump(by_alias=True, mode="json", exclude={"revision"})
+    # Fields added later hash as before while unset, so an upgraded gateway does not see every
+    # cluster as changed (and republish the fleet).
+    for key in ("upgrade", "maintenance", "approvals"):
+        if body.get(key) is None:
+            body.pop(key, None)
+    for pool in body.get("workers") or ():
+        if pool.get("rollout") is None:
+            pool.pop("rollout", None)
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
                           ).hexdigest()[:16]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from .types import Obj
 
@@ -14,9 +14,10 @@ def _parse(ts: object) -> datetime | None:
     if not isinstance(ts, str):
         return None
     try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        found = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return found if found.tzinfo is not None else found.replace(tzinfo=UTC)  # naive: UTC
 
 
 def expiries(machines: Iterable[Obj]) -> list[tuple[str, datetime]]:

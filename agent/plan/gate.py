@@ -60,21 +60,22 @@ class Gate:
                 f"{what} does not start: the management plane was last heard from "
                 f"{_span(self.contact_age or 0)} ago, over the policy's "
                 f"{p.stale_after_days}d; replicas, add-ons and certificate rotation go on"))
+        expiring = self.cert_expiry is not None and self.cert_expiry - self.now < timedelta(
+            days=p.emergency_days)
+        is_open, next_open = window_state(p.windows, self.now)
+        if op == "rotation" and expiring and (not is_open or op in p.require_approval):
+            # An outage is worse than an unplanned rotation: no window, no approval needed.
+            assert self.cert_expiry is not None
+            return True, Note("EmergencyRotation", (
+                f"{what} starts now, window or approval aside: a certificate expires "
+                f"{self.cert_expiry:%Y-%m-%d %H:%M} UTC, within the policy's "
+                f"{p.emergency_days}d"))
         if op in p.require_approval and op not in self.approved:
             why = f"; {'; '.join(self.refused)}" if self.refused else ""
             return False, Note("WaitingForApproval", (
                 f"{what} needs an approval of the {op} (outpostctl approve <cluster> {op}){why}"))
-        is_open, next_open = window_state(p.windows, self.now)
         if is_open:
             return True, None
-        expiring = self.cert_expiry is not None and self.cert_expiry - self.now < timedelta(
-            days=p.emergency_days)
-        if op == "rotation" and expiring:
-            assert self.cert_expiry is not None
-            return True, Note("EmergencyRotation", (
-                f"{what} starts outside the maintenance windows: a certificate expires "
-                f"{self.cert_expiry:%Y-%m-%d %H:%M} UTC, within the policy's "
-                f"{p.emergency_days}d"))
         when = (f"the next opens {next_open.isoformat(timespec='minutes')} (in "
                 f"{_span((next_open - self.now).total_seconds())})" if next_open else
                 "no window opens within a week")

@@ -345,7 +345,7 @@ def _plan_workers(spec: ClusterSpec, observed: Observed, b: _Builder, referenced
                                         f"{current} until the control plane reaches "
                                         f"{spec.kubernetes_version}"))
             else:
-                target = cp_version
+                target = _lower(spec.pool_version(pool), cp_version) or cp_version
         may_roll = rolling is None or rolling == pool.name
         started = _plan_existing_pool(spec, pool, md, infra, boot, target, cp_version, b,
                                       referenced, may_roll, rolling)
@@ -388,12 +388,12 @@ def _plan_existing_pool(spec: ClusterSpec, pool: Any, md: Obj, infra: str, boot:
         starts = False
         b.notes.append(Note("WaitingForRollout", f"pool {pool.name}: template or version change "
                             "waits for the rollout in progress to finish"))
-    elif changes_template and not b.may_start(
-            "upgrade" if version != current else "repave",
-            f"pool {pool.name}: " + (f"upgrade to {version}" if version != current
-                                     else "machine template change")):
-        version, infra, boot = current or version, str(cur_infra or infra), str(cur_boot or boot)
-        starts = False
+    elif (version != current or cur_infra != infra) and not _pool_may_start(
+            b, pool.name, version if version != current else None, cur_infra != infra):
+        # Held; an SSH access change (the bootstrap template) still goes: revoking a key
+        # never waits for a window or an approval.
+        version, infra = current or version, str(cur_infra or infra)
+        starts = cur_boot != boot
     elif changes_template and not may_roll:
         what = f"upgrade to {version}" if version != current else "machine template change"
         version, infra, boot = current or version, str(cur_infra or infra), str(cur_boot or boot)
@@ -423,6 +423,15 @@ def _plan_existing_pool(spec: ClusterSpec, pool: Any, md: Obj, infra: str, boot:
                                + (", ".join(parts) or "the agent's fields"), claim))
     referenced.update((infra, boot))
     return starts
+
+
+def _pool_may_start(b: _Builder, pool: str, upgrade_to: str | None, repave: bool) -> bool:
+    """A pool's version change is an upgrade, its machine template change a repave; with
+    both, both must be allowed."""
+    if upgrade_to is not None and not b.may_start("upgrade", f"pool {pool}: upgrade to "
+                                                             f"{upgrade_to}"):
+        return False
+    return not repave or b.may_start("repave", f"pool {pool}: machine template change")
 
 
 def _collect_templates(spec: ClusterSpec, observed: Observed, b: _Builder,

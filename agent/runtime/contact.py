@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,8 @@ class LastContact:
             doc = json.loads(self.path.read_bytes())
             age, then_boot, then_boottime, then_wall = (
                 float(doc["age"]), str(doc["boot"]), float(doc["boottime"]), float(doc["wall"]))
+            if not all(math.isfinite(x) for x in (age, then_boottime, then_wall)):
+                raise ValueError("a number in it is not finite")
         except FileNotFoundError:
             self._base, self._since = 0.0, self.monotonic()
             self.persist()

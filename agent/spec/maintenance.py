@@ -26,7 +26,7 @@ _HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 def _zone(value: str) -> str:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
         raise ValueError(f"{value!r} is not an IANA time zone like Europe/Berlin or UTC"
                          ) from None
     return value
@@ -87,7 +87,9 @@ def approval_subject(operation: Operation, spec: Mapping[str, Any]) -> str:
                      "workers": {w.get("name"): w.get("version")
                                  for w in spec.get("workers") or ()}}
     elif operation == "repave":
-        body = {"controlPlane": (spec.get("controlPlane") or {}).get("machine"),
+        # Everything a machine template is made of: the machines and where they go.
+        body = {"infrastructure": spec.get("infrastructure"),
+                "controlPlane": (spec.get("controlPlane") or {}).get("machine"),
                 "workers": {w.get("name"): w.get("machine") for w in spec.get("workers") or ()}}
     else:
         body = {"rotateAfter": (spec.get("certificates") or {}).get("rotateAfter")}

@@ -109,14 +109,17 @@ def upgrade(obj: Mapping[str, Any], version: str, *, pinned_workers: bool,
     if want < have:
         raise EditRefused(f"{version} is older than {current}: Kubernetes does not support "
                           "downgrading a control plane; restore from a backup instead")
+    if not stops:  # keep what the spec already names for this upgrade, nothing older
+        stops = sorted((v for v in (new.get("upgrade") or {}).get("path") or ()
+                        if is_version(v)), key=_version)
+    stops = [v for v in stops if have[:2] < _version(v)[:2] < want[:2]]
     gap = path_gap(current, version, tuple(stops))
     if gap is not None:
         raise EditRefused(f"{current} → {version} goes through {gap}: kubeadm upgrades one "
                           f"minor at a time, so name the tested {gap} release to stop at "
                           f"(--via {gap}.<patch>)")
-    if stops:
-        changes_path = [v for v in stops if have[:2] < _version(v)[:2] < want[:2]]
-        new["upgrade"] = {**(new.get("upgrade") or {}), "path": changes_path}
+    if stops or (new.get("upgrade") or {}).get("path"):
+        new["upgrade"] = {**(new.get("upgrade") or {}), "path": stops}
     if want[:2] != have[:2]:
         pending = converged(obj)
         if pending is not None:

@@ -212,3 +212,56 @@ def test_an_upgrade_waits_for_an_approval_of_exactly_it() -> None:
         {"name": "a", "replicas": 4, "machine": {"provider": "dev"}}])
     plan = plan_topology(scaled, obs)
     assert ("apply", "MachineDeployment", "edge-a") in kinds(plan)
+
+
+def test_ssh_key_changes_never_wait_but_machine_changes_do() -> None:
+    """Revoking a key goes at once, also outside windows; a new machine image waits."""
+    maintenance = {"windows": [SAT_NIGHT]}
+    spec = make_spec(maintenance=maintenance, sshAuthorizedKeys=["ssh-ed25519 AAAAC3NzaA a@b"])
+    obs = replace(converged(spec), now=MONDAY)
+    revoked = make_spec(maintenance=maintenance, sshAuthorizedKeys=[])
+    plan = plan_topology(revoked, obs)
+    md = next(a for a in plan.actions if a.kind == "MachineDeployment")
+    assert md.body["spec"]["template"]["spec"]["bootstrap"]["configRef"]["name"] != \
+        obs.machine_deployments["edge-a"]["spec"]["template"]["spec"]["bootstrap"][  # type: ignore[union-attr]
+            "configRef"]["name"]
+    assert "WaitingForMaintenanceWindow" not in {n.reason for n in plan.notes}
+    reimaged = make_spec(maintenance=maintenance, sshAuthorizedKeys=["ssh-ed25519 AAAAC3NzaA a@b"],
+                         workers=[{"name": "a", "replicas": 2,
+                                   "machine": {"provider": "dev", "image": "os:2"}}])
+    plan = plan_topology(reimaged, obs)
+    assert all(a.kind != "MachineDeployment" for a in plan.actions)
+    assert "pool a: machine template change waits" in " ".join(
+        n.message for n in plan.notes if n.reason == "WaitingForMaintenanceWindow")
+
+
+def test_an_emergency_rotation_needs_no_approval() -> None:
+    policy = MaintenancePolicy.model_validate({"requireApproval": ["rotation"]})
+    gate = Gate(policy, MONDAY, cert_expiry=MONDAY + timedelta(days=2))
+    ok, note = gate.check("rotation", "rotation")
+    assert ok and note is not None and note.reason == "EmergencyRotation"
+    assert not Gate(policy, MONDAY).check("rotation", "rotation")[0]
+
+
+def test_a_repave_approval_covers_where_machines_go() -> None:
+    from agent.spec.maintenance import approval_subject
+
+    base = {"infrastructure": {"provider": "vsphere", "datastore": "ds1"},
+            "controlPlane": {"machine": {"provider": "vsphere", "template": "t"}}}
+    moved = {**base, "infrastructure": {"provider": "vsphere", "datastore": "ds2"}}
+    assert approval_subject("repave", base) != approval_subject("repave", moved)
+
+
+def test_odd_inputs_are_refused_or_read_safely(tmp_path: Path) -> None:
+    from agent.plan.certs import earliest_expiry
+
+    with pytest.raises(ValidationError, match="not an IANA time zone"):
+        window(timeZone="Europe")  # a directory of zones, not a zone
+    naive = [{"metadata": {"name": "m", "labels": {"cluster.x-k8s.io/control-plane": ""}},
+              "status": {"certificatesExpiryDate": "2027-01-01T00:00:00"}}]
+    assert earliest_expiry(naive) == datetime(2027, 1, 1, tzinfo=UTC)
+    (tmp_path / "lc.json").write_text('{"age": NaN, "boot": "b", "boottime": 1, "wall": 1}')
+    c = Clocks()
+    lc = c.contact(tmp_path / "lc.json")
+    lc.load()
+    assert lc.age() == 0  # unreadable: counted from now, never NaN

@@ -134,3 +134,14 @@ def test_pool_rollout_limits_reach_the_machine_deployment() -> None:
     md = capi.machine_deployment(s, s.workers[0], "v1.35.2", "t", "b")
     assert md["spec"]["rollout"] == {"strategy": {"type": "RollingUpdate", "rollingUpdate": {
         "maxSurge": 0, "maxUnavailable": "25%"}}}
+
+
+def test_a_pinned_pool_catching_up_on_the_skew_goes_to_its_pin() -> None:
+    # Control plane at v1.36, pool pinned at v1.33; the new spec goes to v1.37 and pins the
+    # pool at v1.34: the pool moves to v1.34 (its pin), not to the control plane's v1.36.
+    pinned = [{**POOLS[0], "version": "v1.33.4"}]
+    obs = complete(converged(spec("v1.36.2", workers=pinned)))
+    target = spec("v1.37.1", workers=[{**POOLS[0], "version": "v1.34.6"}])
+    plan = plan_topology(target, obs)
+    (md,) = [a for a in plan.actions if a.kind == "MachineDeployment"]
+    assert md.body["spec"]["template"]["spec"]["version"] == "v1.34.6"  # type: ignore[union-attr]

@@ -97,3 +97,11 @@ def test_reported_text_is_shown_as_is_never_as_markup() -> None:
     console.print(views.describe(o, [], NOW))
     text = console.export_text()
     assert "[bold]Managed" in text and "X[/] False [/bad]: [red]oops[/red]" in text
+
+
+def test_an_upgrade_keeps_only_the_stops_it_needs() -> None:
+    done = obj("v1.36.1", upgrade={"path": ["v1.34.7", "v1.35.3"]})
+    spec, _ = edits.upgrade(done, "v1.37.0", pinned_workers=False)
+    assert spec["upgrade"]["path"] == []  # the old stops are history
+    with pytest.raises(edits.EditRefused, match=r"goes through v1\.37"):
+        edits.upgrade(done, "v1.38.0", pinned_workers=False)

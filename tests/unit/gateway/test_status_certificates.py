@@ -32,3 +32,17 @@ def test_the_resource_shows_certificate_expiry_and_its_condition() -> None:
     quiet = status_of(None, {**obj, "status": st}, spec_digest=None, invalid=None, agent=None,
                       now=NOW)
     assert quiet["certificates"] == st["certificates"]
+
+
+def test_a_spec_without_the_new_fields_hashes_as_before() -> None:
+    """An upgraded gateway must not see every cluster as changed: the digest of a spec that
+    sets none of the fields added since is the one the previous release computed."""
+    from mgmt_gateway.clusters import spec_hash
+
+    s = ClusterSpec.model_validate({
+        "clusterName": "edge", "namespace": "fleet", "revision": 3,
+        "kubernetesVersion": "v1.35.2", "infrastructure": {"provider": "dev"},
+        "controlPlane": {"replicas": 3, "machine": {"provider": "dev"}},
+        "workers": [{"name": "a", "replicas": 2, "machine": {"provider": "dev"}}],
+        "sshAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaA ops@site"]})
+    assert spec_hash(s) == "782c720d1ae1357d"  # as computed by the release before them
