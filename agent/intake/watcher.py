@@ -157,7 +157,8 @@ class SpecWatcher:
                     self._poke.set()
                 if not self._poke.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._poke.wait(), s.resync_interval)
+                        async with asyncio.timeout(s.resync_interval):  # not wait_for: 3.11
+                            await self._poke.wait()
                     if not self._poke.is_set():
                         log.debug("no spec doorbell for %.0fs; reading the key anyway",
                                   s.resync_interval)

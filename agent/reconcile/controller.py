@@ -86,7 +86,8 @@ class TopologyController:
         """Stop taking work; wait up to `grace` for the pass in flight. True if it finished."""
         self.queue.shutdown()
         try:
-            await asyncio.wait_for(self._idle.wait(), grace)
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
             return True
         except TimeoutError:
             return False
@@ -167,7 +168,8 @@ class TopologyController:
     async def _next(self, beat: Beat) -> Hashable:
         while True:
             try:
-                return await asyncio.wait_for(self.queue.get(), self.idle_beat)
+                async with asyncio.timeout(self.idle_beat):  # not wait_for: see natslink
+                    return await self.queue.get()
             except TimeoutError:
                 beat()
 

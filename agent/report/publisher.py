@@ -327,7 +327,8 @@ class Publisher:
         ack_error: Exception | None = None
         try:
             for record, fut in zip(window, acks, strict=False):
-                ack = await asyncio.wait_for(fut, self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    ack = await fut
                 if ack.duplicate:
                     log.debug("event %d was already in the stream", record.seq)
                 confirmed += 1
@@ -411,8 +412,10 @@ class Publisher:
 
 
 async def _wait(event: asyncio.Event, timeout: float | None) -> None:
+    # asyncio.timeout: wait_for can swallow a cancellation on Python 3.11 (loops call this)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 def _describe(exc: BaseException) -> str:

@@ -161,7 +161,11 @@ class NatsLink:
             self._last_error = ""
             self._closed.clear()
             try:
-                await asyncio.wait_for(nc.connect(**options), window)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can turn a
+                # cancellation racing its timeout into TimeoutError, and this retry loop would
+                # then never stop.
+                async with asyncio.timeout(window):
+                    await nc.connect(**options)
             except asyncio.CancelledError:
                 await self.close_client(nc)
                 raise
@@ -225,11 +229,13 @@ class NatsLink:
         connected = nc.is_connected
         try:
             if connected:
-                await asyncio.wait_for(nc.drain(), self.settings.request_timeout + 1)
+                async with asyncio.timeout(self.settings.request_timeout + 1):
+                    await nc.drain()
         except Exception as e:
             log.debug("draining the NATS connection failed: %r", e)
         if not nc.is_closed:
             # A client stuck reconnecting has nothing to flush: do not wait on it at shutdown.
             limit = self.settings.request_timeout + 1 if connected else 0.5
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), limit)
+                async with asyncio.timeout(limit):
+                    await nc.close()
