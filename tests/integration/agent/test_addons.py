@@ -235,17 +235,25 @@ async def test_upgrade_prunes_what_it_dropped_and_removal_prunes_the_rest(
     assert not ns["metadata"].get("deletionTimestamp")
 
 
-async def test_a_version_that_never_becomes_healthy_rolls_back(engine: Engine) -> None:
-    kube, c = engine.kube, engine.controller
+async def good_then_never_healthy(engine: Engine, timeout_seconds: int) -> tuple[Addon,
+                                                                                 Bundle]:
+    """Version 1 of add-on app installed and Ready; version 2 published, asking for a
+    condition its Deployment never reports. Returns version 2."""
     good = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "addon-a"}},
             deployment()]
     engine.publish(1, addon("app", "1", good))
     await engine.converged("app")
-    # Version 2 asks for a condition its Deployment never reports.
     bad = addon("app", "2", [good[0], deployment(image="registry.example/app:2")],
-                timeout_seconds=10, health=[{"apiGroup": "apps", "kind": "Deployment",
-                                             "conditions": [{"type": "NeverTrue"}]}])
+                timeout_seconds=timeout_seconds, health=[
+                    {"apiGroup": "apps", "kind": "Deployment",
+                     "conditions": [{"type": "NeverTrue"}]}])
     engine.publish(2, bad)
+    return bad
+
+
+async def test_a_version_that_never_becomes_healthy_rolls_back(engine: Engine) -> None:
+    kube, c = engine.kube, engine.controller
+    bad = await good_then_never_healthy(engine, timeout_seconds=10)
     await engine.converged("app", phase="Degraded", timeout=60)
     assert "rolled back to 1" in c.status["app"].message
     d = await kube.get(DEPLOYMENTS, "app", "addon-a")
@@ -258,14 +266,7 @@ async def test_the_timeout_keeps_counting_across_agent_restarts(engine: Engine,
     """An agent that restarts mid-attempt (a crash loop, a node reboot) does not give a version
     that never becomes healthy a fresh timeout each time."""
     kube, c = engine.kube, engine.controller
-    good = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "addon-a"}},
-            deployment()]
-    engine.publish(1, addon("app", "1", good))
-    await engine.converged("app")
-    bad = addon("app", "2", [good[0], deployment(image="registry.example/app:2")],
-                timeout_seconds=120, health=[{"apiGroup": "apps", "kind": "Deployment",
-                                              "conditions": [{"type": "NeverTrue"}]}])
-    engine.publish(2, bad)
+    bad = await good_then_never_healthy(engine, timeout_seconds=120)
 
     async def attempting() -> bool:
         inv = c.inventory.get("app")

@@ -173,11 +173,7 @@ async def test_addons_kept_offline_across_restarts_without_write_loops(site: Sit
 
         # An injector fills the caBundle, the autoscaler scales the Deployment: both are
         # theirs, and the agent leaves them be.
-        await kube.apply(WEBHOOKS, {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "guard"},
-            "webhooks": [{"name": "guard.example.com", "clientConfig": {"caBundle": CA}}]},
-            field_manager=INJECTOR)
+        await inject_ca(kube)
         await kube.patch(DEPLOYMENTS, "guard", {"spec": {"replicas": 3}}, NS,
                          field_manager=HPA)
         await zero_writes_per_resync(running.agent.addons, before, resyncs=5)
@@ -224,15 +220,20 @@ async def test_addons_kept_offline_across_restarts_without_write_loops(site: Sit
         # The re-created webhook is the injector's to fill again: the agent does not write it
         # nor fight it.
         before = await settled(again.agent.addons)
-        await kube.apply(WEBHOOKS, {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "guard"},
-            "webhooks": [{"name": "guard.example.com", "clientConfig": {"caBundle": CA}}]},
-            field_manager=INJECTOR)
+        await inject_ca(kube)
         await zero_writes_per_resync(again.agent.addons, before, resyncs=5)
         await kept(kube)
     finally:
         await kube.close()
+
+
+async def inject_ca(kube: ApiKubeClient) -> None:
+    """What cert-manager's cainjector does: fill the webhook's caBundle as its own manager."""
+    await kube.apply(WEBHOOKS, {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "guard"},
+        "webhooks": [{"name": "guard.example.com", "clientConfig": {"caBundle": CA}}]},
+        field_manager=INJECTOR)
 
 
 async def exists(kube: ApiKubeClient, res: Resource, name: str) -> bool:
